@@ -1,0 +1,1 @@
+"""HTTP API: the app factory lives in `service.api.app`."""

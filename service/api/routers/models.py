@@ -1,0 +1,57 @@
+"""What model is served, and what the registry holds."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from service.api.dependencies import ContainerDep
+from service.api.schemas import ErrorOut, ModelOut, ModelsOut, ModelVersionOut
+from service.model_registry import RegistryUnavailableError
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+@router.get("/current", operation_id="current_model", responses={503: {"model": ErrorOut}})
+def current_model(container: ContainerDep) -> ModelOut:
+    """The model version being served and what it was trained on."""
+    model = container.models.current
+    if model is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no model is loaded yet; see /health")
+    return ModelOut(
+        name=model.name,
+        version=model.version,
+        alias=container.registry.alias,
+        source=model.source,
+        feature_set_version=model.feature_set_version,
+        feature_names=list(model.feature_names),
+        symbols=list(model.symbols),
+        trained_at=model.trained_at,
+        validation_accuracy=model.validation_accuracy,
+        feature_importances=model.importances,
+    )
+
+
+@router.get("", operation_id="list_models")
+def list_models(container: ContainerDep) -> ModelsOut:
+    """Registered versions with validation accuracy; which one is champion and which is served."""
+    served = container.models.current.version if container.models.current else None
+    try:
+        versions = container.registry.versions()
+    except RegistryUnavailableError as error:
+        return ModelsOut(
+            name=container.registry.name,
+            registry_reachable=False,
+            served_version=served,
+            versions=[],
+            detail=str(error)[:300],
+        )
+    alias = container.registry.alias
+    return ModelsOut(
+        name=container.registry.name,
+        registry_reachable=True,
+        served_version=served,
+        versions=[
+            ModelVersionOut(**row, champion=alias in row["aliases"], served=row["version"] == served)
+            for row in versions
+        ],
+    )

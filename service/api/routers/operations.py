@@ -1,0 +1,43 @@
+"""Health and metrics: what operators and Prometheus read. Neither is traced."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.dependencies import ContainerDep
+from service.api.schemas import ComponentOut, HealthOut
+from service.health import ComponentHealth
+
+router = APIRouter(tags=["operations"])
+
+
+def _component(health: ComponentHealth) -> ComponentOut:
+    state = "disabled" if not health.configured else ("up" if health.up else "down")
+    return ComponentOut(status=state, latency_ms=health.latency_ms, detail=health.detail)  # type: ignore[arg-type]
+
+
+@router.get(
+    "/health",
+    operation_id="health",
+    responses={503: {"model": HealthOut, "description": "The service cannot predict at all."}},
+)
+def health(container: ContainerDep, response: Response) -> HealthOut:
+    """Per-component status from the latest background check; 503 only when predictions are impossible."""
+    report = container.health.latest
+    body = HealthOut(
+        status=report.status,
+        checked_at=report.checked_at,
+        components={name: _component(c) for name, c in report.components.items()},
+    )
+    if report.status == "down":
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return body
+
+
+@router.get("/metrics", operation_id="metrics", include_in_schema=True, response_class=Response)
+def metrics(container: ContainerDep) -> Response:
+    """Prometheus text exposition of every instrument (exemplars travel over OTLP only)."""
+    registry = container.telemetry.prometheus_registry
+    payload = generate_latest(registry) if registry is not None else b""
+    return Response(payload, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,85 @@
+"""Predictions: serve, batch, feedback, and the prediction log."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from service.api.dependencies import ContainerDep, PredictionsDep
+from service.api.schemas import (
+    BatchPredictionOut,
+    BatchPredictRequest,
+    ErrorOut,
+    FeedbackRequest,
+    PredictionOut,
+    PredictionRecord,
+    PredictRequest,
+)
+from service.predictions import PredictionResult
+
+router = APIRouter(tags=["predictions"])
+
+ERRORS = {
+    404: {"model": ErrorOut, "description": "Unknown symbol; the message lists the known ones."},
+    409: {"model": ErrorOut, "description": "Not enough bars to compute features."},
+    503: {"model": ErrorOut, "description": "No model loaded or the database is unavailable."},
+}
+
+
+def _out(result: PredictionResult) -> PredictionOut:
+    return PredictionOut(
+        prediction_id=result.prediction_id,
+        symbol=result.symbol,
+        direction=result.direction,
+        confidence=result.confidence,
+        probability_up=result.probability_up,
+        model_name=result.model_name,
+        model_version=result.model_version,
+        feature_set=result.feature_set,
+        feature_set_version=result.feature_set_version,
+        as_of=result.as_of,
+        served_from=result.served_from,  # type: ignore[arg-type]
+        trace_id=result.trace_id,
+    )
+
+
+@router.post("/predict", operation_id="predict", responses=ERRORS)  # type: ignore[arg-type]
+def predict(body: PredictRequest, predictions: PredictionsDep) -> PredictionOut:
+    """Direction of the symbol's next bar, with the probability of that direction."""
+    return _out(predictions.predict(body.symbol))
+
+
+@router.post("/predict/batch", operation_id="predict_batch", responses=ERRORS)  # type: ignore[arg-type]
+def predict_batch(body: BatchPredictRequest, container: ContainerDep) -> BatchPredictionOut:
+    """Predictions for several symbols; every symbol is checked before any is served."""
+    limit = container.settings.MAX_BATCH_SYMBOLS
+    if len(body.symbols) > limit:
+        raise HTTPException(
+            status.HTTP_413_CONTENT_TOO_LARGE, f"{len(body.symbols)} symbols in one batch; at most {limit}"
+        )
+    model = container.predictions.require_known(body.symbols)
+    return BatchPredictionOut(
+        predictions=[_out(container.predictions.predict(symbol, model=model)) for symbol in body.symbols]
+    )
+
+
+@router.post(
+    "/feedback",
+    operation_id="record_feedback",
+    responses={
+        404: {"model": ErrorOut},
+        409: {"model": ErrorOut, "description": "Already resolved otherwise."},
+    },
+)
+def record_feedback(body: FeedbackRequest, predictions: PredictionsDep) -> PredictionRecord:
+    """Record the realised direction of a prediction explicitly."""
+    return PredictionRecord.model_validate(
+        predictions.record_feedback(body.prediction_id, body.actual_direction)
+    )
+
+
+@router.get(
+    "/predictions/{prediction_id}", operation_id="get_prediction", responses={404: {"model": ErrorOut}}
+)
+def get_prediction(prediction_id: str, predictions: PredictionsDep) -> PredictionRecord:
+    """A logged prediction with its trace id and, once known, its outcome."""
+    return PredictionRecord.model_validate(predictions.get(prediction_id))

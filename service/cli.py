@@ -1,0 +1,167 @@
+"""Command line: `stockpred serve | seed | import-csv | train | promote | advance | migrate`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from service.config import Settings, get_settings
+from service.container import Container, build_container, seed_if_empty, train_and_register
+from service.ingestion import InvalidBatchError, ingest
+from service.market_data import CsvFormatError, read_csv_bars, synthetic_bars_after
+from service.migrations import upgrade_to_head
+from service.storage import last_bar
+from service.telemetry import configure_logging
+
+app = typer.Typer(help="Stock-direction prediction service.", no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+
+@contextmanager
+def _container(settings: Settings) -> Iterator[Container]:
+    container = build_container(settings)
+    try:
+        upgrade_to_head(container.database.engine)
+        yield container
+    finally:
+        container.close()
+
+
+@contextmanager
+def _step(message: str) -> Iterator[None]:
+    started = time.perf_counter()
+    with console.status(message):
+        yield
+    console.print(f"[green]✓[/green] {message} ({time.perf_counter() - started:.1f}s)")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Prepare what is missing (schema, data, champion model), then serve the API."""
+    settings = get_settings()
+    configure_logging(settings)
+    if workers > 1:
+        # Bootstrap once here so that workers do not race to migrate, seed or train.
+        with _container(settings) as container, _step("bootstrapping (schema, data, champion model)"):
+            seed_if_empty(container)
+            container.models.load_initial(train_if_missing=lambda: train_and_register(container))
+    uvicorn.run(
+        "service.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+    )
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations."""
+    settings = get_settings()
+    with _step("migrating"), _container(settings):
+        pass
+
+
+@app.command()
+def seed(
+    force: Annotated[bool, typer.Option(help="Seed even when bars exist (idempotent upsert).")] = False,
+) -> None:
+    """Store the deterministic synthetic market for the configured symbols."""
+    settings = get_settings()
+    with _container(settings) as container, _step(f"seeding {len(settings.SYMBOLS)} symbols"):
+        if force:
+            from service.market_data import synthetic_bars
+
+            for symbol in settings.SYMBOLS:
+                ingest(
+                    synthetic_bars(symbol, count=settings.SEED_DAYS, seed=settings.SEED),
+                    database=container.database,
+                )
+        else:
+            stored = seed_if_empty(container)
+            if not stored:
+                console.print("database already has bars; use --force to re-seed")
+
+
+@app.command("import-csv")
+def import_csv(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV file to import.")],
+    symbol: Annotated[str | None, typer.Option(help="Symbol for files without a symbol column.")] = None,
+) -> None:
+    """Import bars from CSV: timestamp,open,high,low,close,volume[,symbol]. All or nothing."""
+    settings = get_settings()
+    try:
+        bars = list(read_csv_bars(path, default_symbol=symbol))
+    except CsvFormatError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    with _container(settings) as container, _step(f"importing {len(bars)} bars from {path}"):
+        try:
+            result = ingest(bars, database=container.database)
+        except InvalidBatchError as error:
+            console.print(f"[red]rejected, nothing written:[/red] {error}")
+            raise typer.Exit(2) from error
+    console.print(
+        f"inserted {result.inserted}, updated {result.updated}, symbols {', '.join(result.symbols)}"
+    )
+
+
+@app.command()
+def train(
+    promote: Annotated[bool, typer.Option(help="Point the champion alias at the new version.")] = True,
+) -> None:
+    """Train on the stored bars, log to MLflow and register a new model version."""
+    settings = get_settings()
+    with _container(settings) as container, _step("training and registering"):
+        version = train_and_register(container, promote=promote)
+    console.print(f"registered {settings.MODEL_NAME} version {version}" + (" as champion" if promote else ""))
+
+
+@app.command()
+def promote(version: Annotated[str, typer.Argument(help="Registered version to make champion.")]) -> None:
+    """Point the champion alias at a version; running services pick it up on their next poll."""
+    settings = get_settings()
+    with _container(settings) as container:
+        container.registry.promote(version)
+    console.print(f"{settings.MODEL_NAME}@{settings.MODEL_ALIAS} -> version {version}")
+
+
+@app.command()
+def advance(
+    days: Annotated[int, typer.Option(min=1, help="Bars to append per symbol.")] = 1,
+    shift_symbol: Annotated[
+        str | None, typer.Option(help="Apply a regime shift to this symbol's new bars.")
+    ] = None,
+) -> None:
+    """Append the next synthetic bars (resolves predictions they decide)."""
+    settings = get_settings()
+    with _container(settings) as container:
+        bars = []
+        for symbol in settings.SYMBOLS:
+            with container.database.session() as session:
+                newest = last_bar(session, symbol=symbol)
+            if newest is None:
+                continue
+            shift = 0 if symbol == shift_symbol else None
+            bars += synthetic_bars_after(
+                symbol, after=newest.ts, count=days, seed=settings.SEED, shift_from=shift
+            )
+        result = ingest(bars, database=container.database, predictions=container.predictions)
+    console.print(f"appended {result.inserted} bars, resolved {result.resolved_predictions} predictions")
+
+
+if __name__ == "__main__":
+    app()

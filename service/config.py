@@ -1,0 +1,96 @@
+"""Settings, read once from the environment (and an optional `.env` file).
+
+Every value has an embedded default so that `make run` works on a fresh machine with no
+external servers: SQLite for data, a SQLite-backed MLflow store, no Redis (L1 cache only).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
+
+
+class Settings(BaseSettings):
+    """Service configuration. Field names are the environment variable names."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
+
+    DATA_DIR: Path = Path("data")
+    DATABASE_URL: str = ""  # empty: sqlite file under DATA_DIR
+    REDIS_URL: str | None = None  # unset: L1 cache only
+    MLFLOW_TRACKING_URI: str = ""  # empty: sqlite-backed store under DATA_DIR
+    MLFLOW_ARTIFACT_ROOT: str = ""  # empty: DATA_DIR/mlartifacts
+    MODEL_NAME: str = "stock-direction"
+    MODEL_ALIAS: str = "champion"
+    MODEL_POLL_SECONDS: float = Field(default=30.0, gt=0)
+    SYMBOLS: Annotated[list[str], NoDecode] = ["AAPL", "MSFT", "GOOGL", "AMZN", "NVDA"]
+
+    FEATURE_L1_TTL_SECONDS: float = Field(default=30.0, gt=0)
+    FEATURE_REDIS_TTL_SECONDS: int = Field(default=300, gt=0)
+    REDIS_TIMEOUT_SECONDS: float = Field(default=0.25, gt=0)
+    REDIS_RETRY_AFTER_SECONDS: float = Field(default=1.0, ge=0)
+
+    HEALTH_CHECK_INTERVAL_SECONDS: float = Field(default=5.0, gt=0)
+    ACCURACY_WINDOW_PREDICTIONS: int = Field(default=200, gt=0)
+    ACCURACY_WINDOW_HOURS: float = Field(default=24.0 * 30, gt=0)
+
+    DRIFT_WINDOW_BARS: int = Field(default=250, ge=10)  # about a trading year of daily bars
+    DRIFT_MIN_WINDOW: int = Field(default=100, ge=10)  # below this PSI is mostly sampling noise
+    MONITOR_INTERVAL_SECONDS: float = Field(default=5.0, gt=0)
+
+    SEED: int = 42
+    SEED_DAYS: int = Field(default=500, ge=80)
+    BOOTSTRAP: bool = True  # migrate, seed an empty database, train when no champion exists
+    MAX_BATCH_BARS: int = Field(default=5000, gt=0)
+    MAX_BATCH_SYMBOLS: int = Field(default=50, gt=0)
+
+    SERVICE_NAME: str = "prediction-api"
+    DEPLOYMENT_ENVIRONMENT: str = "local"
+    LOG_LEVEL: str = "INFO"
+    LOG_JSON: bool = True
+
+    @field_validator("SYMBOLS", mode="before")
+    @classmethod
+    def _split_symbols(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().upper() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("SYMBOLS")
+    @classmethod
+    def _valid_symbols(cls, value: list[str]) -> list[str]:
+        bad = [symbol for symbol in value if not SYMBOL_PATTERN.match(symbol)]
+        if bad:
+            raise ValueError(f"invalid symbols: {bad}")
+        if not value:
+            raise ValueError("SYMBOLS must name at least one symbol")
+        return sorted(set(value))
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> Settings:
+        data_dir = self.DATA_DIR.resolve()
+        if not self.DATABASE_URL:
+            self.DATABASE_URL = f"sqlite:///{data_dir / 'stockpred.db'}"
+        if not self.MLFLOW_TRACKING_URI:
+            self.MLFLOW_TRACKING_URI = f"sqlite:///{data_dir / 'mlflow.db'}"
+        if not self.MLFLOW_ARTIFACT_ROOT:
+            self.MLFLOW_ARTIFACT_ROOT = (data_dir / "mlartifacts").as_uri()
+        return self
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where downloaded model versions are kept, so the service starts with the registry down."""
+        return self.DATA_DIR.resolve() / "model-cache"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests build their own `Settings` instead."""
+    return Settings()

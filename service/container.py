@@ -1,0 +1,173 @@
+"""Builds every long-lived component once, in dependency order, and tears them down in reverse.
+
+The API's lifespan and the CLI both use it, so `stockpred train` and the running service talk to
+the same database and registry in the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import redis
+
+from service.config import Settings
+from service.feature_store import FeatureStore
+from service.health import HealthMonitor
+from service.market_data import synthetic_bars
+from service.migrations import upgrade_to_head
+from service.model_registry import ModelManager, ModelRegistry
+from service.monitoring import DriftMonitor, OutcomeMonitor
+from service.predictions import PredictionService
+from service.storage import Database, count_bars, upsert_bars
+from service.telemetry import Telemetry, instrument_engine, instrument_redis_client, noop_telemetry
+from service.training import build_dataset, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Container:
+    settings: Settings
+    telemetry: Telemetry
+    database: Database
+    redis_client: redis.Redis | None
+    feature_store: FeatureStore
+    registry: ModelRegistry
+    models: ModelManager
+    predictions: PredictionService
+    health: HealthMonitor
+    outcomes: OutcomeMonitor
+    drift: DriftMonitor
+    _started: list[object] = field(default_factory=list)
+
+    def start_background(self) -> None:
+        for task in (self.health, self.outcomes, self.drift):
+            task.start()
+            self._started.append(task)
+        self.models.start_polling()
+        self._started.append(self.models)
+
+    def close(self) -> None:
+        for task in reversed(self._started):
+            task.stop()  # type: ignore[attr-defined]
+        self._started.clear()
+        if self.redis_client is not None:
+            self.redis_client.close()
+        self.database.dispose()
+
+
+def build_container(settings: Settings, telemetry: Telemetry | None = None) -> Container:
+    telemetry = telemetry or noop_telemetry()
+    settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+    database = Database(settings.DATABASE_URL)
+    instrument_engine(database.engine, telemetry)
+    redis_client = make_redis(settings)
+    if redis_client is not None:
+        instrument_redis_client(redis_client, telemetry)
+    feature_store = FeatureStore(
+        database=database,
+        redis_client=redis_client,
+        telemetry=telemetry,
+        l1_ttl_seconds=settings.FEATURE_L1_TTL_SECONDS,
+        redis_ttl_seconds=settings.FEATURE_REDIS_TTL_SECONDS,
+        redis_retry_after_seconds=settings.REDIS_RETRY_AFTER_SECONDS,
+    )
+    registry = ModelRegistry(settings)
+    models = ModelManager(registry=registry, telemetry=telemetry, poll_seconds=settings.MODEL_POLL_SECONDS)
+    drift = DriftMonitor(
+        database=database,
+        models=models,
+        telemetry=telemetry,
+        window_bars=settings.DRIFT_WINDOW_BARS,
+        min_window=settings.DRIFT_MIN_WINDOW,
+        interval_seconds=settings.MONITOR_INTERVAL_SECONDS,
+    )
+    predictions = PredictionService(
+        database=database,
+        feature_store=feature_store,
+        models=models,
+        telemetry=telemetry,
+        on_served=[drift.observe],
+    )
+    return Container(
+        settings=settings,
+        telemetry=telemetry,
+        database=database,
+        redis_client=redis_client,
+        feature_store=feature_store,
+        registry=registry,
+        models=models,
+        predictions=predictions,
+        health=HealthMonitor(
+            database=database,
+            redis_client=redis_client,
+            registry=registry,
+            models=models,
+            telemetry=telemetry,
+            interval_seconds=settings.HEALTH_CHECK_INTERVAL_SECONDS,
+        ),
+        outcomes=OutcomeMonitor(
+            database=database,
+            telemetry=telemetry,
+            window_predictions=settings.ACCURACY_WINDOW_PREDICTIONS,
+            window_hours=settings.ACCURACY_WINDOW_HOURS,
+            interval_seconds=settings.MONITOR_INTERVAL_SECONDS,
+        ),
+        drift=drift,
+    )
+
+
+def make_redis(settings: Settings) -> redis.Redis | None:
+    """A client with short timeouts: a slow Redis must not hold requests hostage."""
+    if not settings.REDIS_URL:
+        return None
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
+        health_check_interval=30,
+    )
+
+
+# --- bootstrap: what `make run` needs on a fresh machine -------------------------------------------
+
+
+def seed_if_empty(container: Container) -> int:
+    """Store the synthetic market for every configured symbol when the database has no bars."""
+    with container.database.session() as session:
+        if count_bars(session) > 0:
+            return 0
+    settings = container.settings
+    stored = 0
+    for symbol in settings.SYMBOLS:
+        bars = synthetic_bars(symbol, count=settings.SEED_DAYS, seed=settings.SEED)
+        with container.database.session() as session:
+            stored += upsert_bars(session, bars=bars).inserted
+    log.info("seeded synthetic market", extra={"bars": stored, "symbols": settings.SYMBOLS})
+    return stored
+
+
+def train_and_register(container: Container, *, promote: bool = True) -> str:
+    """Train on every configured symbol's bars and register the result (as champion by default)."""
+    dataset = build_dataset(container.database, symbols=container.settings.SYMBOLS)
+    trained = train(dataset, seed=container.settings.SEED)
+    version = container.registry.register(trained, promote=promote)
+    log.info(
+        "registered model",
+        extra={"model_version": version, "validation_accuracy": round(trained.validation_accuracy, 4)},
+    )
+    return version
+
+
+def bootstrap(container: Container) -> None:
+    """Migrate, seed an empty database, and load (training first if needed) the champion."""
+    upgrade_to_head(container.database.engine)
+    if container.settings.BOOTSTRAP:
+        seed_if_empty(container)
+        container.models.load_initial(train_if_missing=lambda: train_and_register(container))
+    else:
+        container.models.load_initial()
+    model = container.models.current
+    if model is not None:
+        container.drift.prefill(model.symbols)

@@ -1,0 +1,284 @@
+"""Multi-level feature store: in-process L1, Redis L2, computation from the database.
+
+A lookup tries L1 (a TTL cache in this process), then Redis (one hash per symbol, with a TTL),
+then computes from the newest bars and writes the result back to both levels. New bars for a
+symbol invalidate its entries on both levels.
+
+Redis is optional and allowed to fail: any Redis error opens a short circuit breaker
+(`retry_after` seconds) during which lookups skip Redis, so an outage costs one timeout per
+window instead of one per request. The next try after the window uses Redis again: no restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import redis
+from cachetools import TTLCache
+
+from service.features import FEATURE_SET, latest_vector
+from service.storage import Database, recent_bars
+from service.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+Level = Literal["l1", "redis", "computed"]
+
+
+@dataclass(frozen=True)
+class FeatureVector:
+    """The features of a symbol's newest bar and where they came from."""
+
+    symbol: str
+    values: tuple[float, ...]
+    names: tuple[str, ...]
+    feature_set: str
+    version: str
+    computed_at: datetime
+    first_bar: datetime
+    last_bar: datetime
+    bar_count: int
+
+    def to_redis(self) -> dict[str, str]:
+        return {
+            "values": json.dumps(self.values),
+            "names": json.dumps(self.names),
+            "feature_set": self.feature_set,
+            "version": self.version,
+            "computed_at": self.computed_at.isoformat(),
+            "first_bar": self.first_bar.isoformat(),
+            "last_bar": self.last_bar.isoformat(),
+            "bar_count": str(self.bar_count),
+        }
+
+    @classmethod
+    def from_redis(cls, symbol: str, fields: dict[str, str]) -> FeatureVector:
+        return cls(
+            symbol=symbol,
+            values=tuple(float(v) for v in json.loads(fields["values"])),
+            names=tuple(json.loads(fields["names"])),
+            feature_set=fields["feature_set"],
+            version=fields["version"],
+            computed_at=datetime.fromisoformat(fields["computed_at"]),
+            first_bar=datetime.fromisoformat(fields["first_bar"]),
+            last_bar=datetime.fromisoformat(fields["last_bar"]),
+            bar_count=int(fields["bar_count"]),
+        )
+
+
+@dataclass(frozen=True)
+class Lookup:
+    vector: FeatureVector
+    level: Level
+
+
+class FeatureStore:
+    """Features per symbol through L1 → Redis → database. Thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        redis_client: redis.Redis | None,
+        telemetry: Telemetry,
+        l1_ttl_seconds: float,
+        redis_ttl_seconds: int,
+        redis_retry_after_seconds: float = 1.0,
+        l1_max_entries: int = 4096,
+    ) -> None:
+        self._database = database
+        self._redis = redis_client
+        self._telemetry = telemetry
+        self._redis_ttl = redis_ttl_seconds
+        self._retry_after = redis_retry_after_seconds
+        # Values carry their insertion time (on the cache's own clock) so TTL left can be reported.
+        self._l1: TTLCache[str, tuple[FeatureVector, float]] = TTLCache(
+            maxsize=l1_max_entries, ttl=l1_ttl_seconds
+        )
+        self._l1_lock = threading.Lock()
+        self._compute_locks: dict[str, threading.Lock] = {}
+        self._redis_skip_until = 0.0
+        self._redis_last_error: str | None = None
+        self._counts = {"l1_hits": 0, "redis_hits": 0, "misses": 0, "redis_errors": 0}
+
+    # --- lookups ---------------------------------------------------------------------------------
+
+    def get(self, symbol: str) -> Lookup:
+        """Features of the symbol's newest bar, from the fastest level that has them."""
+        with self._telemetry.tracer.start_as_current_span("feature_store.lookup") as span:
+            lookup = self._lookup(symbol)
+            if span.is_recording():
+                span.set_attribute("feature_store.level", lookup.level)
+                span.set_attribute("feature_set.version", lookup.vector.version)
+            return lookup
+
+    def _lookup(self, symbol: str) -> Lookup:
+        vector = self._l1_get(symbol)
+        if vector is not None:
+            self._hit("l1")
+            return Lookup(vector, "l1")
+        vector = self._redis_get(symbol)
+        if vector is not None:
+            self._l1_put(vector)
+            self._hit("redis")
+            return Lookup(vector, "redis")
+        with self._compute_lock(symbol):
+            vector = self._l1_get(symbol)  # another thread may have computed it meanwhile
+            if vector is not None:
+                self._hit("l1")
+                return Lookup(vector, "l1")
+            vector = self.compute(symbol)
+        self._counts["misses"] += 1
+        self._telemetry.metrics.feature_store_misses.add(1)
+        self._l1_put(vector)
+        self._redis_put(vector)
+        return Lookup(vector, "computed")
+
+    def compute(self, symbol: str) -> FeatureVector:
+        """Features straight from the newest bars in the database (no cache involved)."""
+        with self._telemetry.tracer.start_as_current_span("features.compute") as span:
+            started = time.perf_counter()
+            with self._database.session() as session:
+                bars = recent_bars(session, symbol=symbol, limit=FEATURE_SET.lookback_bars)
+            values = latest_vector(bars)
+            self._telemetry.metrics.feature_computation_duration.record(time.perf_counter() - started)
+            if span.is_recording():
+                span.set_attribute("features.bar_count", len(bars))
+            return FeatureVector(
+                symbol=symbol,
+                values=tuple(float(v) for v in values),
+                names=FEATURE_SET.names,
+                feature_set=FEATURE_SET.name,
+                version=FEATURE_SET.version,
+                computed_at=datetime.now(UTC),
+                first_bar=bars[0].ts,
+                last_bar=bars[-1].ts,
+                bar_count=len(bars),
+            )
+
+    def invalidate(self, symbols: list[str]) -> None:
+        """Drop the symbols' entries on both levels (called when new bars arrive)."""
+        with self._l1_lock:
+            for symbol in symbols:
+                self._l1.pop(symbol, None)
+        self._redis_call(lambda client: client.delete(*[self.redis_key(s) for s in symbols]))
+
+    # --- L1 --------------------------------------------------------------------------------------
+
+    def _l1_get(self, symbol: str) -> FeatureVector | None:
+        with self._l1_lock:
+            entry = self._l1.get(symbol)
+        return None if entry is None else entry[0]
+
+    def _l1_put(self, vector: FeatureVector) -> None:
+        with self._l1_lock:
+            self._l1[vector.symbol] = (vector, self._l1.timer())
+
+    def _hit(self, level: Literal["l1", "redis"]) -> None:
+        self._counts[f"{level}_hits"] += 1
+        self._telemetry.metrics.feature_store_hits.add(1, {"level": level})
+
+    def _compute_lock(self, symbol: str) -> threading.Lock:
+        with self._l1_lock:
+            return self._compute_locks.setdefault(symbol, threading.Lock())
+
+    # --- Redis -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def redis_key(symbol: str) -> str:
+        return f"features:{FEATURE_SET.name}:v{FEATURE_SET.version}:{symbol}"
+
+    def _redis_get(self, symbol: str) -> FeatureVector | None:
+        fields = self._redis_call(lambda client: client.hgetall(self.redis_key(symbol)))
+        if not fields:
+            return None
+        try:
+            return FeatureVector.from_redis(symbol, {_text(k): _text(v) for k, v in fields.items()})
+        except (KeyError, ValueError) as error:
+            log.warning("discarding malformed feature entry", extra={"symbol": symbol, "error": str(error)})
+            return None
+
+    def _redis_put(self, vector: FeatureVector) -> None:
+        key = self.redis_key(vector.symbol)
+
+        def write(client: redis.Redis) -> None:
+            with client.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=vector.to_redis())  # type: ignore[arg-type]
+                pipe.expire(key, self._redis_ttl)
+                pipe.execute()
+
+        self._redis_call(write)
+
+    def _redis_call(self, operation: Any) -> Any:
+        """Run a Redis operation unless the breaker is open; errors open it and return None."""
+        if self._redis is None or time.monotonic() < self._redis_skip_until:
+            return None
+        try:
+            result = operation(self._redis)
+        except redis.RedisError as error:
+            self._redis_skip_until = time.monotonic() + self._retry_after
+            self._counts["redis_errors"] += 1
+            self._redis_last_error = type(error).__name__
+            log.warning("redis unavailable, serving without L2", extra={"error": type(error).__name__})
+            return None
+        self._redis_last_error = None
+        return result
+
+    # --- introspection ---------------------------------------------------------------------------
+
+    @property
+    def redis_configured(self) -> bool:
+        return self._redis is not None
+
+    def stats(self) -> dict[str, Any]:
+        """Hits and misses per level since start, hit rates, keys held, Redis reachability."""
+        counts = dict(self._counts)
+        lookups = counts["l1_hits"] + counts["redis_hits"] + counts["misses"]
+        hits = counts["l1_hits"] + counts["redis_hits"]
+        redis_keys = self._redis_call(
+            lambda client: sum(1 for _ in client.scan_iter(match=self.redis_key("*"), count=500))
+        )
+        with self._l1_lock:
+            l1_keys = len(self._l1)
+        return {
+            "lookups": lookups,
+            "hits": {"l1": counts["l1_hits"], "redis": counts["redis_hits"]},
+            "misses": counts["misses"],
+            "hit_rate": hits / lookups if lookups else None,
+            "l1_hit_rate": counts["l1_hits"] / lookups if lookups else None,
+            "redis_hit_rate": (
+                counts["redis_hits"] / (lookups - counts["l1_hits"]) if lookups - counts["l1_hits"] else None
+            ),
+            "keys": {"l1": l1_keys, "redis": redis_keys},
+            "redis": {
+                "configured": self.redis_configured,
+                "reachable": self.redis_configured
+                and self._redis_last_error is None
+                and redis_keys is not None,
+                "errors": counts["redis_errors"],
+                "last_error": self._redis_last_error,
+            },
+            "feature_set": {"name": FEATURE_SET.name, "version": FEATURE_SET.version},
+            "ttl_seconds": {"l1": self._l1.ttl, "redis": self._redis_ttl},
+        }
+
+    def ttl_left(self, symbol: str) -> dict[str, float | None]:
+        """Seconds left before each level forgets the symbol (None: not held there)."""
+        with self._l1_lock:
+            entry = self._l1.get(symbol)
+            now = self._l1.timer()
+        redis_ttl = self._redis_call(lambda client: client.ttl(self.redis_key(symbol)))
+        return {
+            "l1": None if entry is None else max(0.0, entry[1] + self._l1.ttl - now),
+            "redis": float(redis_ttl) if isinstance(redis_ttl, int) and redis_ttl >= 0 else None,
+        }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,123 @@
+"""Component health, checked in the background and read by `/health` and the status gauges.
+
+Overall status: `down` when the service cannot predict (no model, or no database to log to),
+`degraded` when a dependency is down but predictions are still served (Redis: L1 and computation
+take over; MLflow: the loaded model keeps serving), `ok` otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import redis
+
+from service.background import PeriodicTask
+from service.model_registry import ModelManager, ModelRegistry
+from service.storage import Database
+from service.telemetry import Telemetry
+
+Status = Literal["ok", "degraded", "down"]
+STATUS_VALUE: dict[Status, int] = {"ok": 2, "degraded": 1, "down": 0}
+
+
+@dataclass(frozen=True)
+class ComponentHealth:
+    up: bool
+    latency_ms: float | None = None
+    detail: str | None = None
+    configured: bool = True
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    status: Status
+    components: dict[str, ComponentHealth]
+    checked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def timed_check(probe: Callable[[], Any]) -> ComponentHealth:
+    started = time.perf_counter()
+    try:
+        probe()
+    except Exception as error:
+        return ComponentHealth(
+            up=False, latency_ms=_ms(started), detail=f"{type(error).__name__}: {error}"[:300]
+        )
+    return ComponentHealth(up=True, latency_ms=_ms(started))
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        *,
+        database: Database,
+        redis_client: redis.Redis | None,
+        registry: ModelRegistry,
+        models: ModelManager,
+        telemetry: Telemetry,
+        interval_seconds: float,
+    ) -> None:
+        self._database = database
+        self._redis = redis_client
+        self._registry = registry
+        self._models = models
+        self._telemetry = telemetry
+        self._task = PeriodicTask("health-monitor", interval_seconds, self.check_now)
+        self._latest: HealthReport | None = None
+
+    @property
+    def latest(self) -> HealthReport:
+        return self._latest or self.check_now()
+
+    def check_now(self) -> HealthReport:
+        components = {
+            "database": timed_check(self._database.ping),
+            "redis": (
+                timed_check(lambda: self._redis.ping())  # type: ignore[union-attr]
+                if self._redis is not None
+                else ComponentHealth(up=False, detail="REDIS_URL not set: L1 cache only", configured=False)
+            ),
+            "mlflow": timed_check(self._registry.ping),
+            "model": self._model_health(),
+        }
+        report = HealthReport(status=overall(components), components=components)
+        self._latest = report
+        self._export(report)
+        return report
+
+    def _model_health(self) -> ComponentHealth:
+        model = self._models.current
+        if model is None:
+            return ComponentHealth(up=False, detail=self._models.last_error or "no model loaded")
+        return ComponentHealth(up=True, detail=f"{model.name} version {model.version} (from {model.source})")
+
+    def _export(self, report: HealthReport) -> None:
+        metrics = self._telemetry.metrics
+        components = report.components
+        metrics.database_status.set(int(components["database"].up))
+        metrics.mlflow_status.set(int(components["mlflow"].up))
+        if components["redis"].configured:  # no series at all when Redis is not part of the set-up
+            metrics.redis_status.set(int(components["redis"].up))
+        metrics.health_status.set(STATUS_VALUE[report.status])
+
+    def start(self) -> None:
+        self._task.start()
+
+    def stop(self) -> None:
+        self._task.stop()
+
+
+def overall(components: dict[str, ComponentHealth]) -> Status:
+    if not components["model"].up or not components["database"].up:
+        return "down"
+    if any(not c.up for c in components.values() if c.configured):
+        return "degraded"
+    return "ok"

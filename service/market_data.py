@@ -1,0 +1,195 @@
+"""Where bars come from: a deterministic synthetic market and CSV files.
+
+The synthetic market is a seeded random walk whose returns switch between regimes (trending,
+choppy, calm), each with its own drift, volatility and autocorrelation. Bar `i` of a symbol is a
+pure function of (seed, symbol, i), so a fresh machine always gets the same history, and the
+market can be "advanced" by generating the bars after the last stored one. No network is used.
+
+`shift_from` injects a regime change (much higher volatility, reversed autocorrelation) from a
+given bar index on: the drift-detection tests use it to move one symbol's feature distribution.
+"""
+
+from __future__ import annotations
+
+import csv
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from service.storage import BarIn
+
+SYNTHETIC_START = date(2024, 1, 1)
+
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    drift: float  # mean daily log return
+    volatility: float  # daily standard deviation of the return shock
+    autocorrelation: float  # AR(1) coefficient on the previous return: the learnable signal
+
+
+REGIMES: tuple[Regime, ...] = (
+    Regime("trending", drift=0.0008, volatility=0.012, autocorrelation=0.55),
+    Regime("choppy", drift=0.0, volatility=0.02, autocorrelation=-0.35),
+    Regime("calm", drift=0.0003, volatility=0.007, autocorrelation=0.3),
+)
+SHIFTED = Regime("shifted", drift=-0.004, volatility=0.06, autocorrelation=-0.6)
+MEAN_REGIME_DAYS = 60
+
+
+def business_days(start: date, count: int) -> list[date]:
+    """The first `count` weekdays from `start` on (exchange holidays are ignored)."""
+    days: list[date] = []
+    current = start
+    while len(days) < count:
+        if current.weekday() < 5:
+            days.append(current)
+        current += timedelta(days=1)
+    return days
+
+
+def _symbol_seed(seed: int, symbol: str) -> int:
+    return zlib.crc32(f"{seed}:{symbol}".encode())
+
+
+def synthetic_bars(symbol: str, *, count: int, seed: int = 42, shift_from: int | None = None) -> list[BarIn]:
+    """The first `count` daily bars of `symbol` in the synthetic market."""
+    # One independent stream per kind of draw, so bar i never depends on how many bars are asked for.
+    levels, switches, picks, noise = (
+        np.random.default_rng(child) for child in np.random.SeedSequence(_symbol_seed(seed, symbol)).spawn(4)
+    )
+    start_price = 50.0 + levels.uniform(0, 400)
+    base_volume = 1e6 * (1 + levels.uniform(0, 20))
+    days = business_days(SYNTHETIC_START, count)
+    regime_switch = switches.random(count)
+    regime_pick = picks.integers(0, len(REGIMES), count)
+    shocks = noise.standard_normal((count, 4))
+
+    bars: list[BarIn] = []
+    regime = REGIMES[int(regime_pick[0])]
+    previous_return = 0.0
+    close = start_price
+    for i, day in enumerate(days):
+        if regime_switch[i] < 1.0 / MEAN_REGIME_DAYS:
+            regime = REGIMES[int(regime_pick[i])]
+        active = SHIFTED if shift_from is not None and i >= shift_from else regime
+        log_return = (
+            active.drift + active.autocorrelation * previous_return + active.volatility * shocks[i, 0]
+        )
+        log_return = float(np.clip(log_return, -0.25, 0.25))
+        open_ = close * float(np.exp(0.2 * active.volatility * shocks[i, 1]))
+        new_close = close * float(np.exp(log_return))
+        wiggle = abs(active.volatility * shocks[i, 2])
+        high = max(open_, new_close) * (1 + wiggle)
+        low = min(open_, new_close) * (1 - wiggle)
+        surprise = abs(log_return) / max(active.volatility, 1e-9)
+        volume = base_volume * float(np.exp(0.3 * shocks[i, 3] + 0.25 * surprise))
+        bars.append(
+            BarIn(
+                symbol=symbol,
+                ts=datetime(day.year, day.month, day.day, 21, 0, tzinfo=UTC),  # the US close
+                open=round(open_, 4),
+                high=round(float(high), 4),
+                low=round(float(low), 4),
+                close=round(new_close, 4),
+                volume=float(round(volume)),
+            )
+        )
+        previous_return = log_return
+        close = new_close
+    return bars
+
+
+def synthetic_bars_after(
+    symbol: str, *, after: datetime, count: int, seed: int = 42, shift_from: int | None = None
+) -> list[BarIn]:
+    """The next `count` synthetic bars strictly after `after` (used to advance the market)."""
+    known = _index_after(after)
+    bars = synthetic_bars(symbol, count=known + count, seed=seed, shift_from=shift_from)
+    return [bar for bar in bars if bar.ts > after][:count]
+
+
+def _index_after(after: datetime) -> int:
+    weekdays = 0
+    current = SYNTHETIC_START
+    while current <= after.date():
+        weekdays += current.weekday() < 5
+        current += timedelta(days=1)
+    return weekdays
+
+
+# --- CSV -----------------------------------------------------------------------------------------
+
+CSV_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
+
+
+class CsvFormatError(ValueError):
+    """A CSV row that cannot become a bar; carries the line number."""
+
+
+def read_csv_bars(path: Path, *, default_symbol: str | None = None) -> Iterator[BarIn]:
+    """Bars from a CSV with a header: timestamp,open,high,low,close,volume[,symbol].
+
+    Timestamps are ISO 8601 (a date alone means that day's close at 21:00 UTC).
+    """
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = [name.strip().lower() for name in reader.fieldnames or []]
+        missing = [column for column in CSV_COLUMNS if column not in header]
+        if missing:
+            raise CsvFormatError(f"{path}: missing columns {missing}; expected {list(CSV_COLUMNS)}")
+        for line_number, raw in enumerate(reader, start=2):
+            row = {key.strip().lower(): (value or "").strip() for key, value in raw.items() if key}
+            symbol = (row.get("symbol") or default_symbol or "").upper()
+            if not symbol:
+                raise CsvFormatError(f"{path}:{line_number}: no symbol column and no --symbol given")
+            try:
+                yield BarIn(
+                    symbol=symbol,
+                    ts=parse_timestamp(row["timestamp"]),
+                    open=float(row["open"]),
+                    high=float(row["high"]),
+                    low=float(row["low"]),
+                    close=float(row["close"]),
+                    volume=float(row["volume"]),
+                )
+            except ValueError as error:
+                raise CsvFormatError(f"{path}:{line_number}: {error}") from error
+
+
+def parse_timestamp(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if len(text) == 10:  # a plain date
+        value = value.replace(hour=21)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def validate_bar(bar: BarIn) -> list[str]:
+    """What is wrong with a bar, in words; empty when it is sound. Shared by the API and the CLI."""
+    problems: list[str] = []
+    prices = {"open": bar.open, "high": bar.high, "low": bar.low, "close": bar.close}
+    problems += [f"{name} must be > 0 (got {value})" for name, value in prices.items() if not value > 0]
+    if not bar.volume >= 0:
+        problems.append(f"volume must be >= 0 (got {bar.volume})")
+    if bar.high < bar.low:
+        problems.append(f"high ({bar.high}) is below low ({bar.low})")
+    if bar.high < max(bar.open, bar.close) or bar.low > min(bar.open, bar.close):
+        problems.append("open and close must lie within [low, high]")
+    return problems
+
+
+def duplicate_keys(bars: Sequence[BarIn]) -> list[str]:
+    """(symbol, timestamp) pairs that occur more than once in one batch."""
+    seen: set[tuple[str, datetime]] = set()
+    duplicates: list[str] = []
+    for bar in bars:
+        key = (bar.symbol, bar.ts)
+        if key in seen:
+            duplicates.append(f"{bar.symbol}@{bar.ts.isoformat()}")
+        seen.add(key)
+    return duplicates

@@ -1,0 +1,363 @@
+"""The model registry (MLflow) and the model the service serves.
+
+`ModelRegistry` logs and registers trained models, resolves the champion alias to a concrete
+version and downloads that version into a local cache (`DATA_DIR/model-cache`). Serving always
+loads from the cache, so the service can start from the last version it served when the
+registry is down.
+
+`ModelManager` holds the served model, swaps in a new champion found by its poller (a reference
+swap: requests in flight finish on the model they started with) and reports loads as metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from service.background import PeriodicTask
+from service.config import Settings
+from service.drift import ReferenceDistribution
+from service.telemetry import Telemetry
+from service.training import TrainedModel
+
+log = logging.getLogger(__name__)
+
+# MLflow retries an unreachable server with backoff for minutes by default; fail fast instead.
+# Set before mlflow reads them; explicit environment values still win.
+MLFLOW_FAIL_FAST = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
+}
+TRUSTED_SKOPS_TYPES = ["sklearn.tree._tree.Tree"]  # our own GradientBoosting trees
+CACHE_POINTER = "champion.json"
+
+
+class RegistryUnavailableError(RuntimeError):
+    """The registry could not be reached or answered with an error."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A loaded model version with what the service needs to know about it."""
+
+    name: str
+    version: str
+    estimator: Any
+    feature_names: tuple[str, ...]
+    feature_set_version: str
+    symbols: tuple[str, ...]
+    trained_at: str
+    validation_accuracy: float
+    importances: dict[str, float]
+    reference: ReferenceDistribution | None
+    source: Literal["registry", "cache"]
+
+    def probability_up(self, vector: np.ndarray) -> float:
+        probabilities = self.estimator.predict_proba(vector.reshape(1, -1))[0]
+        return float(probabilities[list(self.estimator.classes_).index(1)])
+
+
+class ModelRegistry:
+    """MLflow's model registry for one registered model name."""
+
+    def __init__(self, settings: Settings) -> None:
+        for key, value in MLFLOW_FAIL_FAST.items():
+            os.environ.setdefault(key, value)
+        import mlflow
+        from mlflow import MlflowClient
+
+        self._settings = settings
+        self.name = settings.MODEL_NAME
+        self.alias = settings.MODEL_ALIAS
+        self.tracking_uri = settings.MLFLOW_TRACKING_URI
+        self._cache_dir = settings.model_cache_dir / self.name
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    # --- registry calls --------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """A cheap call that fails when the registry cannot be used."""
+        self._call(lambda: self._client.search_registered_models(max_results=1))
+
+    def champion_version(self) -> str | None:
+        """The version the alias points at, or None when there is no such model or alias."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self._client.get_model_version_by_alias(self.name, self.alias).version)
+        except MlflowException as error:
+            if _is_missing(error):
+                return None
+            raise RegistryUnavailableError(str(error)) from error
+        except Exception as error:
+            raise RegistryUnavailableError(str(error)) from error
+
+    def register(self, trained: TrainedModel, *, promote: bool = True) -> str:
+        """Log the run (params, metrics, importances, reference distribution) and register the model."""
+        import mlflow
+        import mlflow.sklearn
+
+        experiment_id = self._experiment_id()
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"train-{trained.trained_at:%Y%m%dT%H%M%S}"
+        ):
+            mlflow.log_params({**trained.params, "symbols": ",".join(trained.symbols)})
+            mlflow.log_metrics(
+                {
+                    "train_accuracy": trained.train_accuracy,
+                    "validation_accuracy": trained.validation_accuracy,
+                    "train_rows": trained.train_rows,
+                    "validation_rows": trained.validation_rows,
+                    **{f"importance.{name}": value for name, value in trained.importances.items()},
+                }
+            )
+            mlflow.log_dict(trained.importances, "feature_importances.json")
+            mlflow.log_dict(trained.reference.to_dict(), "reference_distribution.json")
+            info = mlflow.sklearn.log_model(
+                trained.estimator,
+                name="model",
+                registered_model_name=self.name,
+                metadata=_metadata(trained),
+                skops_trusted_types=TRUSTED_SKOPS_TYPES,
+                pip_requirements=[f"scikit-learn=={_sklearn_version()}"],  # skips slow inference
+            )
+        version = str(info.registered_model_version)
+        self._client.set_model_version_tag(
+            self.name, version, "validation_accuracy", f"{trained.validation_accuracy:.4f}"
+        )
+        if promote:
+            self.promote(version)
+        return version
+
+    def promote(self, version: str) -> None:
+        self._call(lambda: self._client.set_registered_model_alias(self.name, self.alias, version))
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every registered version with its validation accuracy and aliases, newest first."""
+        found = self._call(lambda: self._client.search_model_versions(f"name='{self.name}'"))
+        # search results carry no aliases; the registered model has the alias -> version map.
+        aliases = self._call(lambda: self._client.get_registered_model(self.name).aliases) or {}
+        rows = []
+        for mv in sorted(found, key=lambda mv: int(mv.version), reverse=True):
+            rows.append(
+                {
+                    "version": str(mv.version),
+                    "aliases": sorted(alias for alias, v in aliases.items() if str(v) == str(mv.version)),
+                    "created_at_ms": mv.creation_timestamp,
+                    "run_id": mv.run_id,
+                    "validation_accuracy": _float_or_none(mv.tags.get("validation_accuracy")),
+                    "status": mv.status,
+                }
+            )
+        return rows
+
+    def _experiment_id(self) -> str:
+        experiment_name = f"{self.name}-training"
+        existing = self._client.get_experiment_by_name(experiment_name)
+        if existing is not None:
+            return str(existing.experiment_id)
+        artifact_location = (
+            None if self.tracking_uri.startswith("http") else self._settings.MLFLOW_ARTIFACT_ROOT
+        )
+        return str(self._client.create_experiment(experiment_name, artifact_location=artifact_location))
+
+    def _call(self, operation: Any) -> Any:
+        try:
+            return operation()
+        except Exception as error:
+            raise RegistryUnavailableError(f"{type(error).__name__}: {error}") from error
+
+    # --- local cache -----------------------------------------------------------------------------
+
+    def fetch(self, version: str) -> ServedModel:
+        """Download the version into the cache (once: versions are immutable) and load it."""
+        import mlflow
+
+        target = self._cache_dir / version
+        if not (target / "MLmodel").exists():
+            self._cache_dir.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=self._cache_dir, prefix=f".{version}-"))
+            try:
+                self._call(
+                    lambda: mlflow.artifacts.download_artifacts(
+                        artifact_uri=f"models:/{self.name}/{version}", dst_path=str(staging)
+                    )
+                )
+                shutil.rmtree(target, ignore_errors=True)
+                staging.rename(target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        model = self._load_local(version, source="registry")
+        (self._cache_dir / CACHE_POINTER).write_text(json.dumps({"version": version}))
+        return model
+
+    def load_cached(self) -> ServedModel | None:
+        """The version served last, from the cache; None when nothing was ever cached."""
+        pointer = self._cache_dir / CACHE_POINTER
+        if not pointer.exists():
+            return None
+        version = str(json.loads(pointer.read_text())["version"])
+        if not (self._cache_dir / version / "MLmodel").exists():
+            return None
+        return self._load_local(version, source="cache")
+
+    def _load_local(self, version: str, *, source: Literal["registry", "cache"]) -> ServedModel:
+        import mlflow.sklearn
+        from mlflow.models import Model
+
+        path = self._cache_dir / version
+        metadata = Model.load(str(path)).metadata or {}
+        reference = metadata.get("reference")
+        return ServedModel(
+            name=self.name,
+            version=version,
+            estimator=mlflow.sklearn.load_model(str(path)),
+            feature_names=tuple(metadata["feature_names"]),
+            feature_set_version=str(metadata["feature_set_version"]),
+            symbols=tuple(metadata["symbols"]),
+            trained_at=str(metadata["trained_at"]),
+            validation_accuracy=float(metadata["validation_accuracy"]),
+            importances={k: float(v) for k, v in metadata["importances"].items()},
+            reference=ReferenceDistribution.from_dict(reference) if reference else None,
+            source=source,
+        )
+
+
+def _metadata(trained: TrainedModel) -> dict[str, Any]:
+    from service.features import FEATURE_SET
+
+    return {
+        "feature_set": FEATURE_SET.name,
+        "feature_set_version": FEATURE_SET.version,
+        "feature_names": list(trained.feature_names),
+        "symbols": list(trained.symbols),
+        "trained_at": trained.trained_at.isoformat(),
+        "validation_accuracy": trained.validation_accuracy,
+        "importances": trained.importances,
+        "reference": trained.reference.to_dict(),
+    }
+
+
+def _is_missing(error: Exception) -> bool:
+    code = getattr(error, "error_code", "")
+    return (
+        code in {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"}
+        or "not found" in str(error).lower()
+    )
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        return None if text is None else float(text)
+    except ValueError:
+        return None
+
+
+def _sklearn_version() -> str:
+    import sklearn
+
+    return str(sklearn.__version__)
+
+
+class ModelManager:
+    """Holds the served model; loads the champion, falls back to the cache, follows promotions."""
+
+    def __init__(self, *, registry: ModelRegistry, telemetry: Telemetry, poll_seconds: float) -> None:
+        self._registry = registry
+        self._telemetry = telemetry
+        self._current: ServedModel | None = None
+        self._swap_lock = threading.Lock()
+        self._poller = PeriodicTask(
+            "model-poller", poll_seconds, self.check_for_new_champion, run_first=False
+        )
+        self.last_error: str | None = None
+
+    @property
+    def current(self) -> ServedModel | None:
+        return self._current
+
+    def load_initial(self, *, train_if_missing: Any = None) -> ServedModel | None:
+        """Serve the champion; train the first one when none exists; else the cached version."""
+        try:
+            version = self._registry.champion_version()
+            if version is None and train_if_missing is not None:
+                log.info("no champion registered yet: training the first model")
+                version = train_if_missing()
+            if version is not None:
+                self._install(self._registry.fetch(version))
+        except RegistryUnavailableError as error:
+            self.last_error = str(error)
+            log.warning("model registry unavailable at start-up", extra={"error": str(error)[:200]})
+            cached = self._registry.load_cached()
+            if cached is not None:
+                self._install(cached)
+        return self._current
+
+    def check_for_new_champion(self) -> bool:
+        """Swap to the registry's champion when it changed; True when a new model was installed."""
+        try:
+            version = self._registry.champion_version()
+            if version is None or (self._current is not None and self._current.version == version):
+                self.last_error = None
+                return False
+            model = self._registry.fetch(version)
+        except Exception as error:  # the poller must survive anything the registry does
+            self.last_error = f"{type(error).__name__}: {error}"
+            self._telemetry.metrics.model_reloads.add(1, {"outcome": "failure"})
+            log.warning("champion reload failed", extra={"error": self.last_error[:200]})
+            return False
+        self._install(model)
+        self.last_error = None
+        return True
+
+    def _install(self, model: ServedModel) -> None:
+        with self._swap_lock:
+            previous = self._current
+            self._current = model
+        metrics = self._telemetry.metrics
+        metrics.model_reloads.add(1, {"outcome": "success"})
+        if previous is not None and previous.version != model.version:
+            metrics.model_info.set(0, _info_labels(previous))
+        metrics.model_info.set(1, _info_labels(model))
+        for feature, importance in model.importances.items():
+            metrics.model_feature_importance.set(
+                importance, {"feature": feature, "model_version": model.version}
+            )
+        log.info(
+            "serving model",
+            extra={
+                "model_version": model.version,
+                "source": model.source,
+                "previous": previous and previous.version,
+            },
+        )
+
+    def start_polling(self) -> None:
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._poller.stop()
+
+
+def _info_labels(model: ServedModel) -> dict[str, str]:
+    return {
+        "model_name": model.name,
+        "model_version": model.version,
+        "feature_set_version": model.feature_set_version,
+        "trained_at": model.trained_at,
+        "validation_accuracy": f"{model.validation_accuracy:.4f}",
+    }

@@ -1,0 +1,173 @@
+"""Live model monitoring: realised accuracy with delayed labels, and drift against training.
+
+Both run in the background and publish gauges; neither touches the request path beyond
+`DriftMonitor.observe`, which appends to a bounded deque.
+
+Drift windows hold one feature vector per *bar* a symbol was served for, not one per request: a
+daily symbol is served the same vector all day, and counting it a thousand times would look like
+a collapsed distribution. The window is pre-filled at start-up with the vectors of the symbol's
+newest bars (what the service would have served for them), so drift is known from the start.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from service.background import PeriodicTask
+from service.drift import psi
+from service.features import FEATURE_SET, bars_frame, feature_frame
+from service.model_registry import ModelManager, ServedModel
+from service.predictions import PredictionResult
+from service.storage import Database, pending_counts, recent_bars, rolling_accuracy
+from service.telemetry import Telemetry
+
+
+class OutcomeMonitor:
+    """Publishes `model_accuracy`, `model_resolved_predictions` and `model_pending_predictions`."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        telemetry: Telemetry,
+        window_predictions: int,
+        window_hours: float,
+        interval_seconds: float,
+    ) -> None:
+        self._database = database
+        self._metrics = telemetry.metrics
+        self._window_predictions = window_predictions
+        self._window = timedelta(hours=window_hours)
+        self._task = PeriodicTask("outcome-monitor", interval_seconds, self.refresh)
+        self._published_pending: set[str] = set()
+        self.latest: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def refresh(self) -> None:
+        with self._database.session() as session:
+            rows = rolling_accuracy(
+                session, since=datetime.now(UTC) - self._window, per_group_limit=self._window_predictions
+            )
+            pending = pending_counts(session)
+        for row in rows:
+            labels = {"symbol": row.symbol, "model_version": row.model_version}
+            self._metrics.model_accuracy.set(row.accuracy, labels)
+            self._metrics.model_resolved.set(row.resolved, labels)
+        for symbol, count in pending.items():
+            self._metrics.model_pending.set(count, {"symbol": symbol})
+        for symbol in set(self._published_pending) - set(pending):
+            self._metrics.model_pending.set(0, {"symbol": symbol})
+        self._published_pending = set(pending)
+        self.latest = {(r.symbol, r.model_version): (r.accuracy, r.resolved) for r in rows}
+
+    def start(self) -> None:
+        self._task.start()
+
+    def stop(self) -> None:
+        self._task.stop()
+
+
+@dataclass(frozen=True)
+class DriftScore:
+    symbol: str
+    model_version: str
+    score: float  # the largest feature PSI
+    features: dict[str, float]
+    prediction: float | None
+    window: int
+
+
+class DriftMonitor:
+    """PSI of each symbol's recent served features (and confidence) against the training reference."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        models: ModelManager,
+        telemetry: Telemetry,
+        window_bars: int,
+        min_window: int,
+        interval_seconds: float,
+    ) -> None:
+        self._database = database
+        self._models = models
+        self._metrics = telemetry.metrics
+        self._min_window = min_window
+        self._window_bars = window_bars
+        self._windows: dict[str, deque[tuple[datetime, np.ndarray]]] = {}
+        self._lock = threading.Lock()
+        self._task = PeriodicTask("drift-monitor", interval_seconds, self.refresh)
+        self.latest: dict[str, DriftScore] = {}
+
+    def prefill(self, symbols: tuple[str, ...]) -> None:
+        """Fill each window with the feature vectors of the symbol's newest bars."""
+        for symbol in symbols:
+            with self._database.session() as session:
+                bars = recent_bars(session, symbol=symbol, limit=self._window_bars + FEATURE_SET.min_bars)
+            if len(bars) < FEATURE_SET.min_bars:
+                continue
+            frame = feature_frame(bars_frame(bars)).dropna().tail(self._window_bars)
+            with self._lock:
+                window = self._window_for(symbol)
+                for ts, row in frame.iterrows():
+                    window.append((ts.to_pydatetime(), row.to_numpy(dtype=float)))
+
+    def observe(self, result: PredictionResult, _model: ServedModel) -> None:
+        """Called after each prediction; keeps one entry per (symbol, bar)."""
+        with self._lock:
+            window = self._window_for(result.symbol)
+            if window and window[-1][0] >= result.as_of:
+                return
+            window.append((result.as_of, np.asarray(list(result.features.values()), dtype=float)))
+
+    def _window_for(self, symbol: str) -> deque[tuple[datetime, np.ndarray]]:
+        return self._windows.setdefault(symbol, deque(maxlen=self._window_bars))
+
+    def refresh(self) -> None:
+        model = self._models.current
+        if model is None or model.reference is None:
+            return
+        with self._lock:
+            windows = {symbol: np.array([v for _, v in w]) for symbol, w in self._windows.items()}
+        for symbol, served in windows.items():
+            if symbol not in model.symbols or len(served) < self._min_window:
+                continue
+            score = self._score(symbol, served, model)
+            self._publish(score)
+            self.latest[symbol] = score
+
+    def _score(self, symbol: str, served: np.ndarray, model: ServedModel) -> DriftScore:
+        assert model.reference is not None
+        per_feature = {
+            name: psi(model.reference.features[name], served[:, i])
+            for i, name in enumerate(model.feature_names)
+            if name in model.reference.features
+        }
+        confidence = model.estimator.predict_proba(served).max(axis=1)
+        return DriftScore(
+            symbol=symbol,
+            model_version=model.version,
+            score=max(per_feature.values()),
+            features=per_feature,
+            prediction=psi(model.reference.confidence, confidence),
+            window=len(served),
+        )
+
+    def _publish(self, score: DriftScore) -> None:
+        labels = {"symbol": score.symbol, "model_version": score.model_version}
+        self._metrics.model_drift_score.set(score.score, labels)
+        if score.prediction is not None:
+            self._metrics.model_prediction_drift.set(score.prediction, labels)
+        for feature, value in score.features.items():
+            self._metrics.model_feature_drift.set(value, {**labels, "feature": feature})
+
+    def start(self) -> None:
+        self._task.start()
+
+    def stop(self) -> None:
+        self._task.stop()

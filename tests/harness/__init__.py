@@ -1,0 +1,52 @@
+"""Test harness: start real servers on loopback for integration and end-to-end tests.
+
+Read in this order:
+- `process.py`  free ports, polling with a deadline, finding binaries, child processes with logs.
+- `servers.py`  one `start_*` per program (Redis, PostgreSQL, Prometheus, Alertmanager, collector).
+- `webhook.py`  an HTTP sink that records what Alertmanager sends.
+- `fixtures.py` the pytest plugin: shared servers as fixtures, and server logs shown on failure.
+"""
+
+from tests.harness.process import (
+    ManagedProcess,
+    ProcessExitedError,
+    free_port,
+    in_ci,
+    require_binary,
+    wait_until,
+)
+from tests.harness.servers import (
+    Server,
+    collector_binary,
+    create_database,
+    drop_database,
+    dump_logs,
+    postgres_url,
+    start_alertmanager,
+    start_collector,
+    start_postgres,
+    start_prometheus,
+    start_redis,
+)
+from tests.harness.webhook import WebhookSink
+
+__all__ = [
+    "ManagedProcess",
+    "ProcessExitedError",
+    "Server",
+    "WebhookSink",
+    "collector_binary",
+    "create_database",
+    "drop_database",
+    "dump_logs",
+    "free_port",
+    "in_ci",
+    "postgres_url",
+    "require_binary",
+    "start_alertmanager",
+    "start_collector",
+    "start_postgres",
+    "start_prometheus",
+    "start_redis",
+    "wait_until",
+]

@@ -1,0 +1,361 @@
+"""Start the real servers the tests need, each private to the test run, on free loopback ports.
+
+Every `start_*` returns a `Server` once it answers (not merely once the process exists) and
+stops what it started if it never becomes ready. Stop a server with `.stop()` or a `with` block.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import psycopg
+import pytest
+import redis
+from psycopg import sql
+
+from tests.harness.process import (
+    INSTALL_HINT,
+    LOOPBACK,
+    ManagedProcess,
+    free_port,
+    in_ci,
+    require_binary,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Credentials of the application role in the test PostgreSQL (test-only instance, loopback only).
+PG_USER = "stockpred"
+PG_PASSWORD = "stockpred"
+PG_DATABASE = "stockpred"
+# initdb's superuser; named explicitly so it is the same whoever runs the tests.
+PG_SUPERUSER = "postgres"
+
+# Generous readiness deadlines: CI machines have two cores shared with the test run itself.
+REDIS_START_TIMEOUT = 20.0
+POSTGRES_START_TIMEOUT = 60.0
+PROMETHEUS_START_TIMEOUT = 60.0
+ALERTMANAGER_START_TIMEOUT = 30.0
+COLLECTOR_START_TIMEOUT = 60.0
+
+
+@dataclass(eq=False)
+class Server:
+    """A started server: where it listens and the process behind it.
+
+    `url` is what a client is configured with: `redis://...`, a SQLAlchemy URL, or the HTTP base
+    URL (no trailing slash) for Prometheus, Alertmanager and the collector.
+    """
+
+    name: str
+    port: int
+    url: str
+    process: ManagedProcess
+    workdir: Path
+    host: str = LOOPBACK
+    _cleanups: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    @property
+    def address(self) -> str:
+        """`host:port`, the form scrape targets and listen flags use."""
+        return f"{self.host}:{self.port}"
+
+    def is_running(self) -> bool:
+        return self.process.is_running()
+
+    def log_tail(self, lines: int = 80) -> str:
+        return self.process.log_tail(lines)
+
+    def add_cleanup(self, cleanup: Callable[[], None]) -> None:
+        """Run `cleanup` after the process has stopped (e.g. remove a data directory)."""
+        self._cleanups.append(cleanup)
+
+    def stop(self) -> None:
+        """Stop the process, then run cleanups. Idempotent."""
+        self.process.stop()
+        while self._cleanups:
+            self._cleanups.pop()()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def dump_logs(*servers: Server | ManagedProcess, lines: int = 80) -> str:
+    """The log tails of `servers` as one text, for assertion messages and debugging."""
+    parts = []
+    for server in servers:
+        process = server.process if isinstance(server, Server) else server
+        parts.append(f"----- {process.name} ({process.log_path}) -----\n{process.log_tail(lines)}")
+    return "\n".join(parts)
+
+
+def _ready_or_stopped(server: Server, probe: Callable[[], bool], *, timeout: float, what: str) -> Server:
+    """Wait for `server` to answer; if it doesn't, stop it so a failed start leaks nothing."""
+    try:
+        server.process.wait_ready(probe, timeout=timeout, what=what)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _http_ok(url: str) -> bool:
+    return httpx.get(url, timeout=2.0).status_code == 200
+
+
+# --- Redis -------------------------------------------------------------------------------------
+
+
+def start_redis(workdir: Path, port: int | None = None) -> Server:
+    """Start a memory-only Redis. Pass `port` to restart one on the port a client already uses."""
+    binary = require_binary("redis-server")
+    port = port or free_port()
+    # --save '' and --appendonly no: nothing is written to disk, so a restart starts empty.
+    argv = [binary, "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no"]
+    argv += ["--dir", str(workdir)]
+    process = ManagedProcess("redis", argv, log_path=workdir / f"redis-{port}.log", cwd=workdir)
+    server = Server("redis", port, f"redis://{LOOPBACK}:{port}/0", process, workdir)
+
+    def ping() -> bool:
+        client = redis.Redis(host=LOOPBACK, port=port, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+
+    return _ready_or_stopped(server, ping, timeout=REDIS_START_TIMEOUT, what="PING")
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+
+
+def _postgres_conninfo(port: int, dbname: str = "postgres") -> str:
+    return f"host={LOOPBACK} port={port} user={PG_SUPERUSER} dbname={dbname} connect_timeout=2"
+
+
+def postgres_url(port: int, database: str = PG_DATABASE) -> str:
+    """SQLAlchemy URL (psycopg 3 driver) for the application role on a test PostgreSQL."""
+    return f"postgresql+psycopg://{PG_USER}:{PG_PASSWORD}@{LOOPBACK}:{port}/{database}"
+
+
+def start_postgres(workdir: Path) -> Server:
+    """Start a throwaway PostgreSQL with role and database `stockpred` (password `stockpred`).
+
+    PostgreSQL refuses to run as root, so under root initdb and the server run as the `postgres`
+    system user (Debian's package creates it). Its files live in a fresh temp dir owned by that
+    user, outside `workdir`, because pytest's temp dirs are private to root. The log stays in
+    `workdir`.
+    """
+    # Resolved, so that initdb comes from the server's own (versioned) bin dir, not a PATH symlink.
+    postgres = str(Path(require_binary("postgres", "/usr/lib/postgresql/*/bin/postgres")).resolve())
+    initdb = str(Path(postgres).with_name("initdb"))
+    run_as = PG_SUPERUSER if os.geteuid() == 0 else None
+    root = Path(tempfile.mkdtemp(prefix="pg-"))  # short path: unix socket paths max ~100 chars
+    data_dir, socket_dir = root / "data", root / "sock"
+    socket_dir.mkdir()
+    if run_as:
+        for path in (root, socket_dir):
+            shutil.chown(path, run_as, run_as)
+    try:
+        _initdb(initdb, data_dir, run_as=run_as, log_path=workdir / "postgres-initdb.log")
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+
+    port = free_port()
+    argv = [postgres, "-D", str(data_dir), "-p", str(port), "-k", str(socket_dir)]
+    argv += ["-c", f"listen_addresses={LOOPBACK}"]
+    # Durability off: a test database is thrown away, and fsync dominates its run time.
+    argv += ["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off"]
+    process = ManagedProcess(
+        "postgres",
+        argv,
+        log_path=workdir / f"postgres-{port}.log",
+        cwd=root,
+        user=run_as,
+        stop_signal=signal.SIGINT,  # "fast" shutdown; SIGTERM would wait for clients to leave
+    )
+    server = Server("postgres", port, postgres_url(port), process, workdir)
+    server.add_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
+
+    def connects() -> bool:
+        with psycopg.connect(_postgres_conninfo(port)) as conn:
+            return conn.execute("SELECT 1").fetchone() == (1,)
+
+    _ready_or_stopped(server, connects, timeout=POSTGRES_START_TIMEOUT, what="a connection")
+    try:
+        _create_app_role(port)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _initdb(initdb: str, data_dir: Path, *, run_as: str | None, log_path: Path) -> None:
+    # trust auth: this instance listens on loopback only and lives for one test run.
+    argv = [initdb, "-D", str(data_dir), f"--username={PG_SUPERUSER}", "--auth=trust"]
+    argv += ["--encoding=UTF8", "--locale=C", "--no-sync"]  # no-sync: speed, as above
+    result = subprocess.run(
+        argv,
+        user=run_as,
+        group=run_as,
+        extra_groups=[] if run_as else None,
+        cwd=data_dir.parent,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    log_path.write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise RuntimeError(f"initdb failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+
+
+def _create_app_role(port: int) -> None:
+    with psycopg.connect(_postgres_conninfo(port), autocommit=True) as conn:
+        role, password = sql.Identifier(PG_USER), sql.Literal(PG_PASSWORD)
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(role, password))
+        _create_owned_database(conn, PG_DATABASE)
+
+
+def _create_owned_database(conn: psycopg.Connection[tuple[object, ...]], name: str) -> None:
+    owner = sql.Identifier(PG_USER)
+    conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), owner))
+
+
+def create_database(server: Server, name: str) -> str:
+    """Create an empty database owned by `stockpred` and return its SQLAlchemy URL."""
+    with psycopg.connect(_postgres_conninfo(server.port), autocommit=True) as conn:
+        _create_owned_database(conn, name)
+    return postgres_url(server.port, name)
+
+
+def drop_database(server: Server, name: str) -> None:
+    """Drop a database even if a client still holds connections to it (FORCE, PostgreSQL 13+)."""
+    with psycopg.connect(_postgres_conninfo(server.port), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+# --- Prometheus and Alertmanager ---------------------------------------------------------------
+
+
+def start_prometheus(
+    workdir: Path, config_file: Path, *, extra_flags: Sequence[str] = (), port: int | None = None
+) -> Server:
+    """Start Prometheus with exemplar storage, the remote-write receiver and /-/reload enabled.
+
+    In 2.42 exemplar storage is a feature flag (`--enable-feature`); the remote-write receiver
+    and the lifecycle API are ordinary flags (the `remote-write-receiver` feature is deprecated).
+    """
+    binary = require_binary("prometheus")
+    port = port or free_port()
+    argv = [
+        binary,
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+        f"--web.listen-address={LOOPBACK}:{port}",
+        "--enable-feature=exemplar-storage",
+        "--web.enable-remote-write-receiver",
+        "--web.enable-lifecycle",
+        *extra_flags,
+    ]
+    process = ManagedProcess("prometheus", argv, log_path=workdir / f"prometheus-{port}.log", cwd=workdir)
+    server = Server("prometheus", port, f"http://{LOOPBACK}:{port}", process, workdir)
+    return _ready_or_stopped(
+        server, lambda: _http_ok(f"{server.url}/-/ready"), timeout=PROMETHEUS_START_TIMEOUT, what="/-/ready"
+    )
+
+
+def start_alertmanager(workdir: Path, config_file: Path, *, port: int | None = None) -> Server:
+    """Start a single Alertmanager; an empty cluster address turns its HA gossip off."""
+    binary = require_binary("prometheus-alertmanager", "/usr/bin/alertmanager")
+    port = port or free_port()
+    argv = [
+        binary,
+        f"--config.file={config_file}",
+        f"--storage.path={workdir / 'alertmanager-data'}",
+        f"--web.listen-address={LOOPBACK}:{port}",
+        "--cluster.listen-address=",
+    ]
+    process = ManagedProcess("alertmanager", argv, log_path=workdir / f"alertmanager-{port}.log", cwd=workdir)
+    server = Server("alertmanager", port, f"http://{LOOPBACK}:{port}", process, workdir)
+    return _ready_or_stopped(
+        server, lambda: _http_ok(f"{server.url}/-/ready"), timeout=ALERTMANAGER_START_TIMEOUT, what="/-/ready"
+    )
+
+
+# --- OpenTelemetry Collector -------------------------------------------------------------------
+
+
+@functools.cache
+def collector_binary() -> str:
+    """Path of our collector build: $OTELCOL_BIN, else what scripts/build-collector.sh prints last.
+
+    The script builds the binary on first use and caches it, so the first call can take minutes.
+    """
+    from_env = os.environ.get("OTELCOL_BIN")
+    if from_env:
+        if not os.access(from_env, os.X_OK):
+            pytest.fail(f"OTELCOL_BIN={from_env} is not an executable file")
+        return from_env
+    script = REPO_ROOT / "scripts" / "build-collector.sh"
+    if not script.exists():
+        message = f"{script} is missing and OTELCOL_BIN is unset; cannot get a collector"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    result = subprocess.run(
+        ["bash", str(script)],
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        pytest.fail(f"{script} failed ({result.returncode}); {INSTALL_HINT}:\n{result.stderr[-4000:]}")
+    path = lines[-1].strip()
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"{script} printed {path!r} as its last line, which is not an executable")
+    return path
+
+
+def start_collector(
+    workdir: Path, config_files: Sequence[Path], env: Mapping[str, str], *, health_port: int
+) -> Server:
+    """Start the collector with layered `--config` files; `env` supplies the endpoints they read.
+
+    The caller picks every port (the config files name the env vars) and tells us the
+    health_check extension's port, which is how we know the pipelines are up. `port` and `url`
+    of the returned Server are that health endpoint.
+    """
+    binary = collector_binary()
+    argv = [binary, *(f"--config={path}" for path in config_files)]
+    process = ManagedProcess(
+        "otelcol", argv, log_path=workdir / f"otelcol-{health_port}.log", env=env, cwd=workdir
+    )
+    server = Server("otelcol", health_port, f"http://{LOOPBACK}:{health_port}", process, workdir)
+    return _ready_or_stopped(
+        server, lambda: _http_ok(f"{server.url}/"), timeout=COLLECTOR_START_TIMEOUT, what="health_check"
+    )

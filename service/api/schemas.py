@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -104,7 +105,7 @@ class BatchPredictionOut(BaseModel):
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prediction_id: str = Field(min_length=36, max_length=36)
+    prediction_id: UUID
     actual_direction: Literal["up", "down"]
 
 

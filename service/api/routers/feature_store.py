@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from service.api.dependencies import ContainerDep, FeatureStoreDep
-from service.api.schemas import ErrorOut, normalise_symbol
+from service.api.schemas import ErrorOut, Symbol
 
 router = APIRouter(prefix="/feature-store", tags=["feature store"])
 
@@ -19,19 +19,18 @@ def stats(store: FeatureStoreDep) -> dict[str, Any]:
 
 
 @router.get("/metadata/{symbol}", operation_id="feature_metadata", responses={404: {"model": ErrorOut}})
-def metadata(symbol: str, container: ContainerDep) -> dict[str, Any]:
+def metadata(symbol: Symbol, container: ContainerDep) -> dict[str, Any]:
     """The symbol's feature vector: names, version, computed_at, TTL left, source bars, level served from."""
-    known = normalise_symbol(symbol) if symbol else symbol
-    container.predictions.require_known([known])
-    lookup = container.feature_store.get(known)
+    container.predictions.require_known([symbol])
+    lookup = container.feature_store.get(symbol)
     vector = lookup.vector
     return {
-        "symbol": known,
+        "symbol": symbol,
         "feature_set": vector.feature_set,
         "version": vector.version,
         "features": dict(zip(vector.names, vector.values, strict=True)),
         "computed_at": vector.computed_at,
         "served_from": lookup.level,
-        "ttl_seconds_left": container.feature_store.ttl_left(known),
+        "ttl_seconds_left": container.feature_store.ttl_left(symbol),
         "source_bars": {"first": vector.first_bar, "last": vector.last_bar, "count": vector.bar_count},
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from fastapi import APIRouter, HTTPException, status
 
 from service.api.dependencies import ContainerDep, PredictionsDep
@@ -72,14 +74,13 @@ def predict_batch(body: BatchPredictRequest, container: ContainerDep) -> BatchPr
 )
 def record_feedback(body: FeedbackRequest, predictions: PredictionsDep) -> PredictionRecord:
     """Record the realised direction of a prediction explicitly."""
-    return PredictionRecord.model_validate(
-        predictions.record_feedback(body.prediction_id, body.actual_direction)
-    )
+    record = predictions.record_feedback(str(body.prediction_id), body.actual_direction)
+    return PredictionRecord.model_validate(record)
 
 
 @router.get(
     "/predictions/{prediction_id}", operation_id="get_prediction", responses={404: {"model": ErrorOut}}
 )
-def get_prediction(prediction_id: str, predictions: PredictionsDep) -> PredictionRecord:
+def get_prediction(prediction_id: UUID, predictions: PredictionsDep) -> PredictionRecord:
     """A logged prediction with its trace id and, once known, its outcome."""
-    return PredictionRecord.model_validate(predictions.get(prediction_id))
+    return PredictionRecord.model_validate(predictions.get(str(prediction_id)))

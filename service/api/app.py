@@ -34,6 +34,7 @@ from service.telemetry import Telemetry, setup_telemetry
 log = logging.getLogger(__name__)
 
 UNTRACED_PATHS = frozenset({"/metrics", "/health"})
+PREDICTION_PATHS = frozenset({"/predict", "/predict/batch"})
 
 DESCRIPTION = """
 Stock-direction predictions per symbol, observable down to the single request.
@@ -74,6 +75,8 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
             "meter_provider": telemetry.meter_provider,  # type: ignore[typeddict-item]
             "operation_spans": False,  # our own spans mark the steps that matter; these cost CPU
             "logs": False,  # logs go through the logging module, with trace ids
+            # Exporters are ours (setup_telemetry); FASTAPI_OTEL_AUTO_CONFIGURE must not add a second set.
+            "auto_configure": False,
             "exclude": _untraced,
         },
     )
@@ -136,7 +139,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
-        if request.url.path.startswith("/predict"):
+        if request.url.path.rstrip("/") in PREDICTION_PATHS:
             _container(request).telemetry.metrics.prediction_errors.add(1, {"reason": "invalid_input"})
         problems = [
             {"location": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # Set before mlflow reads them; explicit environment values still win.
 MLFLOW_FAIL_FAST = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # an integer for MLflow; one retry waits ~1 s
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
 }
 TRUSTED_SKOPS_TYPES = ["sklearn.tree._tree.Tree"]  # our own GradientBoosting trees

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
 
     DRIFT_WINDOW_BARS: int = Field(default=250, ge=10)  # about a trading year of daily bars
     DRIFT_MIN_WINDOW: int = Field(default=100, ge=10)  # below this PSI is mostly sampling noise
+    # Features whose window holds fewer independent samples than this are not scored (see drift.py).
+    DRIFT_MIN_EFFECTIVE_SAMPLES: float = Field(default=50, gt=0)
     MONITOR_INTERVAL_SECONDS: float = Field(default=5.0, gt=0)
 
     SEED: int = 42

@@ -81,6 +81,7 @@ def build_container(settings: Settings, telemetry: Telemetry | None = None) -> C
         telemetry=telemetry,
         window_bars=settings.DRIFT_WINDOW_BARS,
         min_window=settings.DRIFT_MIN_WINDOW,
+        min_effective_samples=settings.DRIFT_MIN_EFFECTIVE_SAMPLES,
         interval_seconds=settings.MONITOR_INTERVAL_SECONDS,
     )
     predictions = PredictionService(

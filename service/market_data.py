@@ -33,13 +33,19 @@ class Regime:
     autocorrelation: float  # AR(1) coefficient on the previous return: the learnable signal
 
 
+# Regimes are short and mild on purpose: over a drift window of a few hundred bars the "normal"
+# market is then stationary, so drift scores measure real shifts (`shift_from`) rather than which
+# regimes a window happened to catch. Measured (3 seeds x 5 symbols, 250-bar window): with 60-day
+# regimes of distinct drift, unshifted symbols scored PSI up to 1.2; with these, at most 0.1.
+# The positive autocorrelation is the signal a model can learn: validation accuracy is about 0.65
+# (a real daily direction model would be near 0.5).
 REGIMES: tuple[Regime, ...] = (
-    Regime("trending", drift=0.0008, volatility=0.012, autocorrelation=0.55),
-    Regime("choppy", drift=0.0, volatility=0.02, autocorrelation=-0.35),
-    Regime("calm", drift=0.0003, volatility=0.007, autocorrelation=0.3),
+    Regime("trending", drift=0.0004, volatility=0.013, autocorrelation=0.6),
+    Regime("choppy", drift=-0.0001, volatility=0.016, autocorrelation=0.3),
+    Regime("calm", drift=0.0002, volatility=0.010, autocorrelation=0.5),
 )
 SHIFTED = Regime("shifted", drift=-0.004, volatility=0.06, autocorrelation=-0.6)
-MEAN_REGIME_DAYS = 60
+MEAN_REGIME_DAYS = 10
 
 
 def business_days(start: date, count: int) -> list[date]:

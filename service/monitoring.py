@@ -75,8 +75,9 @@ class OutcomeMonitor:
 class DriftScore:
     symbol: str
     model_version: str
-    score: float  # the largest feature PSI
+    score: float | None  # the largest PSI among features with enough effective samples
     features: dict[str, float]
+    scored_features: tuple[str, ...]
     prediction: float | None
     window: int
 
@@ -92,12 +93,14 @@ class DriftMonitor:
         telemetry: Telemetry,
         window_bars: int,
         min_window: int,
+        min_effective_samples: float,
         interval_seconds: float,
     ) -> None:
         self._database = database
         self._models = models
         self._metrics = telemetry.metrics
         self._min_window = min_window
+        self._min_effective = min_effective_samples
         self._window_bars = window_bars
         self._windows: dict[str, deque[tuple[datetime, np.ndarray]]] = {}
         self._lock = threading.Lock()
@@ -148,19 +151,27 @@ class DriftMonitor:
             for i, name in enumerate(model.feature_names)
             if name in model.reference.features
         }
+        reference = model.reference
+        scored = tuple(
+            name
+            for name in per_feature
+            if reference.effective_samples(name, len(served)) >= self._min_effective
+        )
         confidence = model.estimator.predict_proba(served).max(axis=1)
         return DriftScore(
             symbol=symbol,
             model_version=model.version,
-            score=max(per_feature.values()),
+            score=max((per_feature[name] for name in scored), default=None),
             features=per_feature,
+            scored_features=scored,
             prediction=psi(model.reference.confidence, confidence),
             window=len(served),
         )
 
     def _publish(self, score: DriftScore) -> None:
         labels = {"symbol": score.symbol, "model_version": score.model_version}
-        self._metrics.model_drift_score.set(score.score, labels)
+        if score.score is not None:
+            self._metrics.model_drift_score.set(score.score, labels)
         if score.prediction is not None:
             self._metrics.model_prediction_drift.set(score.prediction, labels)
         for feature, value in score.features.items():

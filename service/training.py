@@ -27,6 +27,17 @@ DEFAULT_PARAMS: dict[str, Any] = {
 VALIDATION_SHARE = 0.2
 
 
+def lag1_autocorrelation(rows: pd.DataFrame) -> dict[str, float]:
+    """Per feature, the median over symbols of the bar-to-bar autocorrelation (for drift gating)."""
+    per_symbol = [
+        group.sort_values("ts")[list(FEATURE_SET.names)].apply(lambda column: column.autocorr(1))
+        for _, group in rows.groupby("symbol")
+        if len(group) > 2
+    ]
+    medians = pd.concat(per_symbol, axis=1).median(axis=1).fillna(0.0)
+    return {name: float(medians[name]) for name in FEATURE_SET.names}
+
+
 class NotEnoughDataError(ValueError):
     """Too few bars to train a model."""
 
@@ -93,7 +104,7 @@ def train(dataset: pd.DataFrame, *, seed: int, params: dict[str, Any] | None = N
             name: float(value) for name, value in zip(names, estimator.feature_importances_, strict=True)
         },
         # The reference is what the model saw in training; its confidence is on held-out rows.
-        reference=reference_distribution(x_train, names, confidence),
+        reference=reference_distribution(x_train, names, confidence, lag1_autocorrelation(train_rows)),
         trained_at=datetime.now(UTC),
         validation_start=pd.Timestamp(split_time).to_pydatetime(),
     )

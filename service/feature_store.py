@@ -162,11 +162,15 @@ class FeatureStore:
                 bar_count=len(bars),
             )
 
-    def invalidate(self, symbols: list[str]) -> None:
-        """Drop the symbols' entries on both levels (called when new bars arrive)."""
+    def drop_local(self, symbols: list[str]) -> None:
+        """Forget the symbols in this process only (L1); Redis keeps them."""
         with self._l1_lock:
             for symbol in symbols:
                 self._l1.pop(symbol, None)
+
+    def invalidate(self, symbols: list[str]) -> None:
+        """Drop the symbols' entries on both levels (called when new bars arrive)."""
+        self.drop_local(symbols)
         self._redis_call(lambda client: client.delete(*[self.redis_key(s) for s in symbols]))
 
     # --- L1 --------------------------------------------------------------------------------------

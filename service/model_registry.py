@@ -11,12 +11,14 @@ swap: requests in flight finish on the model they started with) and reports load
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -73,7 +75,6 @@ class ModelRegistry:
     def __init__(self, settings: Settings) -> None:
         for key, value in MLFLOW_FAIL_FAST.items():
             os.environ.setdefault(key, value)
-        import mlflow
         from mlflow import MlflowClient
 
         self._settings = settings
@@ -83,8 +84,6 @@ class ModelRegistry:
         self._cache_dir = settings.model_cache_dir / self.name
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
         self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     # --- registry calls --------------------------------------------------------------------------
@@ -112,8 +111,11 @@ class ModelRegistry:
         import mlflow.sklearn
 
         experiment_id = self._experiment_id()
-        with mlflow.start_run(
-            experiment_id=experiment_id, run_name=f"train-{trained.trained_at:%Y%m%dT%H%M%S}"
+        with (
+            _process_uris(self.tracking_uri),
+            mlflow.start_run(
+                experiment_id=experiment_id, run_name=f"train-{trained.trained_at:%Y%m%dT%H%M%S}"
+            ),
         ):
             mlflow.log_params({**trained.params, "symbols": ",".join(trained.symbols)})
             mlflow.log_metrics(
@@ -192,11 +194,12 @@ class ModelRegistry:
             self._cache_dir.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(dir=self._cache_dir, prefix=f".{version}-"))
             try:
-                self._call(
-                    lambda: mlflow.artifacts.download_artifacts(
-                        artifact_uri=f"models:/{self.name}/{version}", dst_path=str(staging)
+                with _process_uris(self.tracking_uri):
+                    self._call(
+                        lambda: mlflow.artifacts.download_artifacts(
+                            artifact_uri=f"models:/{self.name}/{version}", dst_path=str(staging)
+                        )
                     )
-                )
                 shutil.rmtree(target, ignore_errors=True)
                 staging.rename(target)
             finally:
@@ -361,3 +364,33 @@ def _info_labels(model: ServedModel) -> dict[str, str]:
         "trained_at": model.trained_at,
         "validation_accuracy": f"{model.validation_accuracy:.4f}",
     }
+
+
+_URI_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _process_uris(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide URIs at this registry for one call, then restore them.
+
+    The fluent API (start_run, log_model, models:/ downloads) reads globals, not a client's URIs,
+    and `set_tracking_uri` also writes os.environ; both are put back as they were.
+    """
+    import mlflow
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    with _URI_LOCK:
+        saved_env = {name: os.environ.get(name) for name in names}
+        saved = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved[0])
+            mlflow.set_registry_uri(saved[1])
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value

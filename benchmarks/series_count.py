@@ -15,12 +15,14 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.api.app import create_app
+from service.api.schemas import Bar
 from service.config import Settings
 from service.container import build_container, train_and_register
 from service.market_data import synthetic_bars_after
@@ -33,23 +35,14 @@ def drive(client: TestClient, symbols: list[str]) -> None:
 
 
 def next_bars(client: TestClient, symbols: list[str]) -> None:
+    """Each symbol's next synthetic bar: resolves the predictions just made."""
     bars = []
     for symbol in symbols:
-        as_of = client.post("/predict", json={"symbol": symbol}).json()["as_of"]
-        from datetime import datetime
-
-        bar = synthetic_bars_after(symbol, after=as_utc(datetime.fromisoformat(as_of)), count=1)[0]
-        bars.append(
-            {
-                "symbol": symbol,
-                "timestamp": bar.ts.isoformat(),
-                "open": bar.open,
-                "high": bar.high,
-                "low": bar.low,
-                "close": bar.close,
-                "volume": bar.volume,
-            }
+        as_of = as_utc(
+            datetime.fromisoformat(client.post("/predict", json={"symbol": symbol}).json()["as_of"])
         )
+        bar = synthetic_bars_after(symbol, after=as_of, count=1)[0]
+        bars.append(Bar.from_bar_in(bar).model_dump(mode="json"))
     client.post("/market-data", json={"bars": bars})
 
 

@@ -50,6 +50,19 @@ class Bar(BaseModel):
             self.symbol, as_utc(self.timestamp), self.open, self.high, self.low, self.close, self.volume
         )
 
+    @classmethod
+    def from_bar_in(cls, bar: BarIn) -> Bar:
+        """The request body form of a stored bar (tests and clients send bars this way)."""
+        return cls(
+            symbol=bar.symbol,
+            timestamp=bar.ts,
+            open=bar.open,
+            high=bar.high,
+            low=bar.low,
+            close=bar.close,
+            volume=bar.volume,
+        )
+
 
 class MarketDataBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi.testclient import TestClient
 
+from service.api.schemas import Bar
 from service.market_data import synthetic_bars_after
 
 KNOWN = ["AAPL", "AMZN", "GOOGL", "MSFT", "NVDA"]
@@ -84,20 +87,8 @@ def test_batch_limits(api: TestClient) -> None:
 def test_next_bar_resolves_the_prediction(api: TestClient) -> None:
     prediction = api.post("/predict", json={"symbol": "AMZN"}).json()
     as_of = prediction["as_of"]
-    from datetime import datetime
-
-    after = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
-    nxt = synthetic_bars_after("AMZN", after=after, count=1)[0]
-    bar = {
-        "symbol": "AMZN",
-        "timestamp": nxt.ts.isoformat(),
-        "open": nxt.open,
-        "high": nxt.high,
-        "low": nxt.low,
-        "close": nxt.close,
-        "volume": nxt.volume,
-    }
-    ingested = api.post("/market-data", json={"bars": [bar]})
+    nxt = synthetic_bars_after("AMZN", after=datetime.fromisoformat(as_of), count=1)[0]
+    ingested = api.post("/market-data", json={"bars": [Bar.from_bar_in(nxt).model_dump(mode="json")]})
     assert ingested.status_code == 200, ingested.text
     assert ingested.json()["resolved_predictions"] >= 1
     logged = api.get(f"/predictions/{prediction['prediction_id']}").json()

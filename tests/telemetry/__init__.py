@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from service.api.schemas import Bar
 from service.config import Settings
 from service.feature_store import FeatureStore
 from service.market_data import synthetic_bars_after
@@ -133,17 +134,4 @@ def next_bar_batch(symbol: str, *, after: str, seed: int) -> dict[str, Any]:
     """The synthetic market's next bar after `after` (a prediction's as_of), as a POST body."""
     bars = synthetic_bars_after(symbol, after=datetime.fromisoformat(after), count=1, seed=seed)
     assert bars, f"the synthetic market has no bar after {after}"
-    return {
-        "bars": [
-            {
-                "symbol": bar.symbol,
-                "timestamp": bar.ts.isoformat(),
-                "open": bar.open,
-                "high": bar.high,
-                "low": bar.low,
-                "close": bar.close,
-                "volume": bar.volume,
-            }
-            for bar in bars
-        ]
-    }
+    return {"bars": [Bar.from_bar_in(bar).model_dump(mode="json") for bar in bars]}

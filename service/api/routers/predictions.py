@@ -28,20 +28,7 @@ ERRORS = {
 
 
 def _out(result: PredictionResult) -> PredictionOut:
-    return PredictionOut(
-        prediction_id=result.prediction_id,
-        symbol=result.symbol,
-        direction=result.direction,
-        confidence=result.confidence,
-        probability_up=result.probability_up,
-        model_name=result.model_name,
-        model_version=result.model_version,
-        feature_set=result.feature_set,
-        feature_set_version=result.feature_set_version,
-        as_of=result.as_of,
-        served_from=result.served_from,  # type: ignore[arg-type]
-        trace_id=result.trace_id,
-    )
+    return PredictionOut.model_validate(result, from_attributes=True)
 
 
 @router.post("/predict", operation_id="predict", responses=ERRORS)  # type: ignore[arg-type]

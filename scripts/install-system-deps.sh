@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the real servers the integration and end-to-end tests start on loopback:
-# Redis, PostgreSQL, Prometheus (+ promtool), Alertmanager (+ amtool) and wrk, from Debian's archive.
+# Redis, PostgreSQL, Prometheus (+ promtool), Alertmanager (+ amtool) and wrk, from Debian's archive,
+# plus docker-compose (1.29, Python) which validates compose.yaml offline: with
+# --no-install-recommends it brings no Docker engine.
 #
 # Idempotent: when every binary is already present it does nothing (and says so), so `make test`
 # can call it every time. Runs unattended as root (CI); as another user it uses sudo if available.
@@ -10,7 +12,7 @@
 # (9090, 9093, 9100) that a local `make run` wants, so we keep them from starting and stop them.
 set -euo pipefail
 
-PACKAGES=(redis-server postgresql prometheus prometheus-alertmanager wrk)
+PACKAGES=(redis-server postgresql prometheus prometheus-alertmanager wrk docker-compose)
 # Services the Debian packages start on install whose ports we want free for local use.
 SERVICES_TO_STOP=(prometheus prometheus-alertmanager prometheus-node-exporter)
 
@@ -29,7 +31,7 @@ as_root() {
 }
 
 missing=()
-for bin in redis-server prometheus promtool prometheus-alertmanager amtool wrk; do
+for bin in redis-server prometheus promtool prometheus-alertmanager amtool wrk docker-compose; do
   command -v "${bin}" >/dev/null 2>&1 || missing+=("${bin}")
 done
 # Debian keeps the PostgreSQL server binaries out of PATH, under a versioned directory.
@@ -39,7 +41,7 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null \
 fi
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-  log "all present (redis-server, postgres, prometheus, promtool, prometheus-alertmanager, amtool, wrk); nothing to install"
+  log "all present (redis-server, postgres, prometheus, promtool, prometheus-alertmanager, amtool, wrk, docker-compose); nothing to install"
 else
   log "missing: ${missing[*]}; installing ${PACKAGES[*]}"
   # policy-rc.d exiting 101 is Debian's documented switch that stops maintainer scripts from

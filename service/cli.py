@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,13 @@ from rich.console import Console
 from service.config import Settings, get_settings
 from service.container import Container, build_container, seed_if_empty, train_and_register
 from service.ingestion import InvalidBatchError, ingest
-from service.market_data import CsvFormatError, read_csv_bars, synthetic_bars_after
+from service.market_data import (
+    CsvFormatError,
+    next_bar_index,
+    parse_timestamp,
+    read_csv_bars,
+    synthetic_bars_after,
+)
 from service.migrations import upgrade_to_head
 from service.storage import last_bar
 from service.telemetry import configure_logging
@@ -142,11 +149,16 @@ def promote(version: Annotated[str, typer.Argument(help="Registered version to m
 @app.command()
 def advance(
     days: Annotated[int, typer.Option(min=1, help="Bars to append per symbol.")] = 1,
-    shift_symbol: Annotated[
-        str | None, typer.Option(help="Apply a regime shift to this symbol's new bars.")
+    shift_symbol: Annotated[str | None, typer.Option(help="Put this symbol in the shifted regime.")] = None,
+    shift_since: Annotated[
+        str | None, typer.Option(help="First shifted day, YYYY-MM-DD (default: the first new bar).")
     ] = None,
 ) -> None:
-    """Append the next synthetic bars (resolves predictions they decide)."""
+    """Append the next synthetic bars (resolves predictions they decide).
+
+    With --shift-symbol the symbol's new bars follow the shifted regime (a drift demonstration);
+    give later calls the same --shift-since so the shifted path continues where it left off.
+    """
     settings = get_settings()
     with _container(settings) as container:
         bars = []
@@ -155,7 +167,10 @@ def advance(
                 newest = last_bar(session, symbol=symbol)
             if newest is None:
                 continue
-            shift = 0 if symbol == shift_symbol else None
+            shift = None
+            if symbol == shift_symbol:
+                day_before = parse_timestamp(shift_since) - timedelta(days=1) if shift_since else newest.ts
+                shift = next_bar_index(day_before)
             bars += synthetic_bars_after(
                 symbol, after=newest.ts, count=days, seed=settings.SEED, shift_from=shift
             )

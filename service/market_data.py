@@ -114,13 +114,18 @@ def synthetic_bars(symbol: str, *, count: int, seed: int = 42, shift_from: int |
 def synthetic_bars_after(
     symbol: str, *, after: datetime, count: int, seed: int = 42, shift_from: int | None = None
 ) -> list[BarIn]:
-    """The next `count` synthetic bars strictly after `after` (used to advance the market)."""
-    known = _index_after(after)
+    """The next `count` synthetic bars strictly after `after` (used to advance the market).
+
+    `shift_from` is an absolute bar index (see `next_bar_index`); keep it fixed across calls so a
+    shifted path continues from its own previous bar.
+    """
+    known = next_bar_index(after)
     bars = synthetic_bars(symbol, count=known + count, seed=seed, shift_from=shift_from)
     return [bar for bar in bars if bar.ts > after][:count]
 
 
-def _index_after(after: datetime) -> int:
+def next_bar_index(after: datetime) -> int:
+    """Index in the synthetic market of the first bar after `after` (weekdays since the start)."""
     weekdays = 0
     current = SYNTHETIC_START
     while current <= after.date():

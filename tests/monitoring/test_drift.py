@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from service.container import Container
 from service.ingestion import ingest
-from service.market_data import synthetic_bars_after
+from service.market_data import next_bar_index, synthetic_bars_after
 from service.monitoring import DriftMonitor
 from service.storage import last_bar
 
@@ -17,7 +17,9 @@ def serve_shifted_days(container: Container, symbol: str, days: int) -> None:
     with container.database.session() as session:
         newest = last_bar(session, symbol=symbol)
     assert newest is not None
-    bars = synthetic_bars_after(symbol, after=newest.ts, count=days, shift_from=0)
+    # The regime changes at the first new bar; prices continue from the stored path.
+    bars = synthetic_bars_after(symbol, after=newest.ts, count=days, shift_from=next_bar_index(newest.ts))
+    assert abs(bars[0].open / newest.close - 1) < 0.2
     for bar in bars:
         ingest([bar], database=container.database, feature_store=container.feature_store)
         container.predictions.predict(symbol)

@@ -1,0 +1,409 @@
+"""The service's telemetry, end to end through real processes (see tests/e2e/conftest.py).
+
+1. every service metric of docs/telemetry.md reaches Prometheus with job="prediction-api";
+2. exemplars on prediction_duration_seconds lead to whole traces (server, Redis and SQL spans),
+   as captured by the collector and as exported on its Tempo path;
+3. the scrape path and the remote-write path store the same metric names and label keys;
+4. a Redis outage drives the gauge, the RedisDown alert and its notification, and recovers.
+
+Run: OTELCOL_BIN="$(scripts/build-collector.sh | tail -1)" .venv/bin/pytest tests/e2e -q
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.market_data import synthetic_bars_after
+from tests.e2e.conftest import SEED, SERVICE_JOB, SYMBOLS, Pipeline, record_timing
+
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TELEMETRY_DOC = REPO_ROOT / "docs" / "telemetry.md"
+
+ROUNDS = 10  # x 5 symbols = 50 predictions before the next bar arrives
+# Contract metrics this test does not produce, with the reason. Empty: the traffic below (plus one
+# unknown symbol for prediction_errors_total) produces every one of them.
+NOT_PRODUCED: dict[str, str] = {}
+
+# Label keys only one of the two paths writes, as documented in otel/README.md ("Scrape vs remote
+# write"): the scrape writes otel_scope_schema_url when a meter has a schema URL.
+SCRAPE_ONLY_LABELS = {"otel_scope_schema_url"}
+SPAN_KIND_SERVER = 2  # OTLP enum value; OTLP/JSON writes enums as numbers
+
+
+@pytest.fixture(scope="module")
+def traffic(pipeline: Pipeline) -> dict[str, Any]:
+    """~50 predictions over every symbol, one unknown symbol, then each symbol's next bar.
+
+    The new bars resolve the predictions (model_accuracy appears) and invalidate the cached
+    features, so the round after them computes features from PostgreSQL again.
+    """
+    as_of: dict[str, str] = {}
+    with httpx.Client(base_url=pipeline.service_url, timeout=30) as client:
+        for _ in range(ROUNDS):
+            for symbol in SYMBOLS:
+                as_of[symbol] = _predict(client, symbol)["as_of"]
+        unknown = client.post("/predict", json={"symbol": "ZZZZ"})
+        assert unknown.status_code == 404, unknown.text
+        bars = [
+            bar
+            for symbol in SYMBOLS
+            for bar in synthetic_bars_after(
+                symbol, after=datetime.fromisoformat(as_of[symbol]), count=1, seed=SEED
+            )
+        ]
+        assert len(bars) == len(SYMBOLS)
+        body = {
+            "bars": [
+                {
+                    "symbol": bar.symbol,
+                    "timestamp": bar.ts.isoformat(),
+                    "open": bar.open,
+                    "high": bar.high,
+                    "low": bar.low,
+                    "close": bar.close,
+                    "volume": bar.volume,
+                }
+                for bar in bars
+            ]
+        }
+        ingested = client.post("/market-data", json=body)
+        assert ingested.status_code == 200, ingested.text
+        result = ingested.json()
+        assert result["inserted"] == len(SYMBOLS), result
+        assert result["resolved_predictions"] == ROUNDS * len(SYMBOLS), result
+        after = {symbol: _predict(client, symbol)["as_of"] for symbol in SYMBOLS}
+    assert all(after[s] > as_of[s] for s in SYMBOLS), (as_of, after)
+    return {"as_of": after, "predictions": ROUNDS * len(SYMBOLS) + len(SYMBOLS)}
+
+
+def _predict(client: httpx.Client, symbol: str) -> dict[str, Any]:
+    response = client.post("/predict", json={"symbol": symbol})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+# --- 1. the metric contract --------------------------------------------------------------------------
+
+
+def contract_metrics() -> dict[str, str]:
+    """Name -> kind of every row in docs/telemetry.md's "Service metrics" table."""
+    section = TELEMETRY_DOC.read_text().split("## Service metrics", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\|\s*`([a-z_]+)`\s*\|\s*([^|]+?)\s*\|", section, flags=re.MULTILINE)
+    assert len(rows) >= 20, f"table not found or changed shape: {rows}"
+    return dict(rows)
+
+
+def expected_series_names(contract: dict[str, str]) -> set[str]:
+    """Stored names: a histogram is stored as _bucket, _sum and _count series."""
+    names: set[str] = set()
+    for name, kind in contract.items():
+        if name in NOT_PRODUCED:
+            continue
+        if kind.startswith("histogram"):
+            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+        else:
+            names.add(name)
+    return names
+
+
+def _is_rule_output(name: str) -> bool:
+    """Recording rules (`level:metric:ops`) and alert state series also carry job="prediction-api"."""
+    return ":" in name or name in {"ALERTS", "ALERTS_FOR_STATE"}
+
+
+def service_series(pipeline: Pipeline, *, remote: bool = False) -> list[dict[str, str]]:
+    series = pipeline.series(f'{{job="{SERVICE_JOB}"}}', remote=remote)
+    return [s for s in series if not _is_rule_output(s["__name__"])]
+
+
+def test_every_contract_metric_reaches_prometheus_through_the_collector(
+    pipeline: Pipeline, traffic: dict[str, Any]
+) -> None:
+    contract = contract_metrics()
+    assert set(NOT_PRODUCED) <= set(contract), "NOT_PRODUCED names a metric the contract lost"
+    expected = expected_series_names(contract)
+    found: set[str] = set()
+
+    def all_present() -> bool:
+        nonlocal found
+        found = {s["__name__"] for s in service_series(pipeline)}
+        return expected <= found
+
+    try:
+        waited = pipeline.wait(all_present, what="every contract metric in Prometheus")
+    except TimeoutError as exc:
+        pytest.fail(f"missing from Prometheus: {sorted(expected - found)}\n{exc}")
+    record_timing("traffic sent -> every contract metric queryable", waited)
+
+    # They came through the collector: the only scrape that can write job="prediction-api" is the
+    # collector's (honor_labels keeps the service's job); the liveness job drops every sample.
+    # `instance` is then the service's service.instance.id, not a scrape address.
+    series = [s for s in service_series(pipeline) if s["__name__"] in expected]
+    instances = {s["instance"] for s in series}
+    assert len(instances) == 1, instances
+    instance = instances.pop()
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", instance), instance
+    liveness = pipeline.prom(
+        "query", query='scrape_samples_post_metric_relabeling{job="prediction-api-liveness"}'
+    )
+    assert [r["value"][1] for r in liveness["result"]] == ["0"], liveness
+    # Labels from the contract appear on the series, e.g. symbol on predictions_total for all symbols.
+    symbols = {s["symbol"] for s in series if s["__name__"] == "predictions_total"}
+    assert symbols == set(SYMBOLS)
+    totals = pipeline.prom("query", query=f'sum(predictions_total{{job="{SERVICE_JOB}"}})')["result"]
+    assert float(totals[0]["value"][1]) >= traffic["predictions"]
+
+
+# --- 2. exemplars -> traces ---------------------------------------------------------------------------
+
+
+def captured_spans(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Spans of the collector's capture file (one OTLP/JSON request per line) by trace id."""
+    by_trace: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    if not path.exists():
+        return by_trace
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        for resource_spans in json.loads(line).get("resourceSpans", []):
+            for scope_spans in resource_spans.get("scopeSpans", []):
+                for span in scope_spans.get("spans", []):
+                    by_trace[span["traceId"].lower()].append(span)
+    return by_trace
+
+
+def _attribute(span: dict[str, Any], *keys: str) -> str | None:
+    for attribute in span.get("attributes", []):
+        if attribute["key"] in keys:
+            return str(next(iter(attribute["value"].values())))
+    return None
+
+
+def _db_system(span: dict[str, Any]) -> str | None:
+    return _attribute(span, "db.system", "db.system.name")
+
+
+def _is_server(span: dict[str, Any]) -> bool:
+    return span.get("kind") in (SPAN_KIND_SERVER, "SPAN_KIND_SERVER")
+
+
+def trace_problems(spans: list[dict[str, Any]]) -> list[str]:
+    """What a prediction trace lacks: one SERVER root, Redis and SQL spans below it."""
+    by_id = {span["spanId"]: span for span in spans}
+    servers = [span for span in spans if _is_server(span)]
+    if len(servers) != 1:
+        return [f"{len(servers)} SERVER spans"]
+    root = servers[0]["spanId"]
+
+    def under_root(span: dict[str, Any]) -> bool:
+        seen: set[str] = set()
+        parent = span.get("parentSpanId", "")
+        while parent and parent not in seen:
+            if parent == root:
+                return True
+            seen.add(parent)
+            parent = by_id.get(parent, {}).get("parentSpanId", "")
+        return False
+
+    problems = []
+    for system, wanted in (("redis", {"redis"}), ("SQL", {"postgresql"})):
+        matching = [s for s in spans if _db_system(s) in wanted]
+        if not matching:
+            problems.append(f"no {system} span")
+        elif not all(under_root(s) for s in matching):
+            problems.append(f"a {system} span is not a descendant of the SERVER span")
+    return problems
+
+
+def test_exemplars_lead_to_complete_traces(pipeline: Pipeline, traffic: dict[str, Any]) -> None:
+    traces_file = pipeline.capture_dir / "traces.json"
+    query = f'prediction_duration_seconds_bucket{{job="{SERVICE_JOB}"}}'
+    trace_ids: set[str] = set()
+    problems: dict[str, list[str]] = {}
+
+    def exemplar_traces_complete() -> bool:
+        nonlocal trace_ids, problems
+        data = pipeline.prom(
+            "query_exemplars", query=query, start=str(pipeline.started_at - 60), end=str(time.time() + 60)
+        )
+        trace_ids = {
+            exemplar["labels"]["trace_id"].lower()
+            for series in data
+            for exemplar in series["exemplars"]
+            if "trace_id" in exemplar["labels"]
+        }
+        spans = captured_spans(traces_file)
+        exported = pipeline.tempo.trace_ids()
+        problems = {}
+        for tid in trace_ids:
+            found = trace_problems(spans[tid]) if tid in spans else ["not in the capture file"]
+            problems[tid] = found + ([] if tid in exported else ["not exported to Tempo"])
+        return bool(trace_ids) and not any(problems.values())
+
+    try:
+        waited = pipeline.wait(exemplar_traces_complete, what="exemplars whose traces are complete")
+    except TimeoutError as exc:
+        bad = {tid: p for tid, p in problems.items() if p}
+        pytest.fail(f"{len(trace_ids)} exemplar trace ids; incomplete: {bad}\n{exc}")
+    record_timing("exemplar trace ids complete in the capture file", waited)
+    print(f"{len(trace_ids)} exemplar traces checked")
+
+
+# --- 3. scrape path vs remote-write path ------------------------------------------------------------
+
+
+def label_keys_by_name(series: list[dict[str, str]]) -> dict[str, set[str]]:
+    keys: dict[str, set[str]] = defaultdict(set)
+    for labels in series:
+        keys[labels["__name__"]] |= set(labels) - {"__name__"} - SCRAPE_ONLY_LABELS
+    return dict(keys)
+
+
+def test_remote_write_stores_the_same_names_and_label_keys(
+    pipeline: Pipeline, traffic: dict[str, Any]
+) -> None:
+    # Compared once the scrape path holds everything the traffic produces: before that, both paths
+    # can agree on a subset. Not vacuous then: the contract, span metrics and target_info are in.
+    complete = expected_series_names(contract_metrics()) | {
+        "traces_span_metrics_calls_total",
+        "traces_span_metrics_duration_seconds_bucket",
+        "target_info",
+    }
+    scraped: dict[str, set[str]] = {}
+    written: dict[str, set[str]] = {}
+
+    def same() -> bool:
+        nonlocal scraped, written
+        scraped = label_keys_by_name(service_series(pipeline))
+        written = label_keys_by_name(service_series(pipeline, remote=True))
+        return complete <= set(scraped) and scraped == written
+
+    try:
+        waited = pipeline.wait(same, what="the same names and label keys on both paths")
+    except TimeoutError:
+        only_scraped = sorted(set(scraped) - set(written))
+        only_written = sorted(set(written) - set(scraped))
+        keys = {n: (scraped[n], written[n]) for n in set(scraped) & set(written) if scraped[n] != written[n]}
+        missing = sorted(complete - set(scraped))
+        pytest.fail(
+            f"not scraped yet: {missing}\nonly scraped: {only_scraped}\n"
+            f"only remote-written: {only_written}\nkeys differ: {keys}"
+        )
+    record_timing("remote-write path caught up with the scrape path", waited)
+
+    # Both are the same process: the same service.instance.id became `instance` on both paths.
+    instances = {s["instance"] for s in service_series(pipeline) + service_series(pipeline, remote=True)}
+    assert len(instances) == 1, instances
+
+
+# --- 4. Redis outage: gauge, alert, notification, recovery ------------------------------------------
+
+
+def _gauge(pipeline: Pipeline, name: str) -> list[str]:
+    result = pipeline.prom("query", query=f'{name}{{job="{SERVICE_JOB}"}}')["result"]
+    return [r["value"][1] for r in result]
+
+
+def _alert_states(pipeline: Pipeline, alertname: str) -> list[str]:
+    alerts = pipeline.prom("alerts")["alerts"]
+    return [a["state"] for a in alerts if a["labels"].get("alertname") == alertname]
+
+
+def _notifications(pipeline: Pipeline, alertname: str, status: str) -> list[dict[str, Any]]:
+    return [
+        body
+        for body in pipeline.sink.received()
+        if isinstance(body, dict)
+        and any(a["labels"].get("alertname") == alertname and a["status"] == status for a in body["alerts"])
+    ]
+
+
+def test_redis_outage_fires_redis_down_and_recovers(pipeline: Pipeline, traffic: dict[str, Any]) -> None:
+    """Last in the file on purpose: predictions served during the outage have no Redis span, and
+    the exemplar test above expects one in every exemplar trace."""
+    alertname = "RedisDown"
+    assert alertname in pipeline.alert_for, f"no {alertname} rule in prometheus/rules"
+    hold = pipeline.alert_for[alertname]
+    # Pipeline latency (export 1 s + batch 1 s + scrape 1 s + evaluation 1 s) and two busy cores.
+    slack = 60.0
+    assert _gauge(pipeline, "redis_connection_status") == ["1"]
+    assert _alert_states(pipeline, alertname) == []
+    statuses: list[int] = []
+
+    def predicting(predicate: Any) -> Any:
+        """Each poll also asks for a prediction: the service must keep answering throughout."""
+
+        def poll() -> bool:
+            response = httpx.post(f"{pipeline.service_url}/predict", json={"symbol": "AAPL"}, timeout=10)
+            statuses.append(response.status_code)
+            return bool(predicate())
+
+        return poll
+
+    started = time.monotonic()
+    pipeline.redis.stop()
+    waited = pipeline.wait(
+        predicting(lambda: _gauge(pipeline, "redis_connection_status") == ["0"]),
+        what="redis_connection_status 0",
+        timeout=slack,
+    )
+    record_timing("Redis stopped -> redis_connection_status 0 in Prometheus", waited)
+    waited = pipeline.wait(
+        predicting(lambda: "firing" in _alert_states(pipeline, alertname)),
+        what=f"{alertname} firing in Prometheus (for: {hold:g}s)",
+        timeout=hold + slack,
+    )
+    record_timing(f"Redis stopped -> {alertname} firing (for: {hold:g}s)", time.monotonic() - started)
+    pipeline.wait(
+        predicting(lambda: bool(_notifications(pipeline, alertname, "firing"))),
+        what=f"{alertname} firing notification at the webhook sink",
+        timeout=slack,
+    )
+    record_timing(f"Redis stopped -> {alertname} notification at the sink", time.monotonic() - started)
+    notified = _notifications(pipeline, alertname, "firing")[0]
+    assert statuses, "no prediction was attempted during the outage"
+    assert set(statuses) == {200}, f"predictions during the outage: {statuses}"
+    outage_predictions = len(statuses)
+
+    recovering = time.monotonic()
+    pipeline.restart_redis()
+    pipeline.wait(
+        predicting(lambda: _gauge(pipeline, "redis_connection_status") == ["1"]),
+        what="redis_connection_status back to 1",
+        timeout=slack,
+    )
+    pipeline.wait(
+        predicting(lambda: _alert_states(pipeline, alertname) == []),
+        what=f"{alertname} resolved in Prometheus",
+        timeout=slack,
+    )
+    record_timing(f"Redis restarted -> {alertname} resolved in Prometheus", time.monotonic() - recovering)
+    receiver = next(r for r in pipeline.alertmanager_config["receivers"] if r["name"] == notified["receiver"])
+    if any(webhook.get("send_resolved") for webhook in receiver.get("webhook_configs", [])):
+        pipeline.wait(
+            lambda: bool(_notifications(pipeline, alertname, "resolved")),
+            what=f"{alertname} resolved notification at the sink ({notified['receiver']})",
+            timeout=slack,
+        )
+        record_timing(f"Redis restarted -> {alertname} resolved notification", time.monotonic() - recovering)
+    assert set(statuses) == {200}, f"predictions during outage and recovery: {statuses}"
+    print(f"{outage_predictions} predictions during the outage, {len(statuses)} in all, every one 200")
+
+    # The notification is the alert Prometheus evaluated: labels and annotations from the rule.
+    alert = next(a for a in notified["alerts"] if a["labels"]["alertname"] == alertname)
+    assert alert["labels"]["job"] == SERVICE_JOB
+    assert alert["labels"]["severity"] == "warning"
+    assert alert["annotations"]["runbook_url"] == "docs/runbook.md#redisdown"
+    assert notified["receiver"] == "ticket"

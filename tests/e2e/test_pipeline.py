@@ -4,7 +4,14 @@
 2. exemplars on prediction_duration_seconds lead to whole traces (server, Redis and SQL spans),
    as captured by the collector and as exported on its Tempo path;
 3. the scrape path and the remote-write path store the same metric names and label keys;
-4. a Redis outage drives the gauge, the RedisDown alert and its notification, and recovers.
+4. a regime shift in one symbol, served day by day, raises its drift score above 0.2 (others stay
+   low), and the model monitoring dashboard's accuracy, drift, confidence and importance queries
+   return data;
+5. a Redis outage drives the gauge, the RedisDown alert and its notification, and recovers;
+6. the drift alert (ModelDriftDetected) fires and pages.
+
+The order matters: the Redis outage must come after the exemplar test (predictions served during
+it have no Redis span), and the drift alert's `for:` runs while the outage test waits.
 
 Run: OTELCOL_BIN="$(scripts/build-collector.sh | tail -1)" .venv/bin/pytest tests/e2e -q
 """
@@ -22,7 +29,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.market_data import synthetic_bars_after
+from service.api.schemas import Bar
+from service.market_data import next_bar_index, synthetic_bars_after
 from tests.e2e.conftest import SEED, SERVICE_JOB, SYMBOLS, Pipeline, record_timing
 
 pytestmark = pytest.mark.e2e
@@ -63,20 +71,7 @@ def traffic(pipeline: Pipeline) -> dict[str, Any]:
             )
         ]
         assert len(bars) == len(SYMBOLS)
-        body = {
-            "bars": [
-                {
-                    "symbol": bar.symbol,
-                    "timestamp": bar.ts.isoformat(),
-                    "open": bar.open,
-                    "high": bar.high,
-                    "low": bar.low,
-                    "close": bar.close,
-                    "volume": bar.volume,
-                }
-                for bar in bars
-            ]
-        }
+        body = {"bars": [Bar.from_bar_in(bar).model_dump(mode="json") for bar in bars]}
         ingested = client.post("/market-data", json=body)
         assert ingested.status_code == 200, ingested.text
         result = ingested.json()
@@ -308,7 +303,75 @@ def test_remote_write_stores_the_same_names_and_label_keys(
     assert len(instances) == 1, instances
 
 
-# --- 4. Redis outage: gauge, alert, notification, recovery ------------------------------------------
+# --- 4. drift: a regime shift served day by day, and the dashboards that show it ---------------------
+
+SHIFTED = "NVDA"
+SHIFTED_DAYS = 120  # about half of the service's 250-bar drift window
+DRIFT_LINE = 0.2
+MONITORING_PANELS = (
+    "Model accuracy trends by symbol",
+    "Current accuracy by symbol",
+    "Prediction confidence distribution",
+    "Mean prediction confidence",
+    "Model drift detection",
+    "Prediction drift",
+    "Feature drift by feature",
+    "Feature importance heatmap",
+)
+
+
+def _drift_scores(pipeline: Pipeline) -> dict[str, float]:
+    result = pipeline.prom("query", query=f'model_drift_score{{job="{SERVICE_JOB}"}}')["result"]
+    return {r["metric"]["symbol"]: float(r["value"][1]) for r in result}
+
+
+@pytest.fixture(scope="module")
+def drift_shift(pipeline: Pipeline, traffic: dict[str, Any]) -> dict[str, float]:
+    """Serve SHIFTED_DAYS shifted days of one symbol: each day a new bar arrives, then a prediction."""
+    after = datetime.fromisoformat(traffic["as_of"][SHIFTED])
+    bars = synthetic_bars_after(
+        SHIFTED, after=after, count=SHIFTED_DAYS, seed=SEED, shift_from=next_bar_index(after)
+    )
+    with httpx.Client(base_url=pipeline.service_url, timeout=30) as client:
+        for bar in bars:
+            stored = client.post(
+                "/market-data", json={"bars": [Bar.from_bar_in(bar).model_dump(mode="json")]}
+            )
+            assert stored.status_code == 200, stored.text
+            assert _predict(client, SHIFTED)["as_of"] == bar.ts.isoformat().replace("+00:00", "Z")
+    return {"started": time.monotonic()}
+
+
+def test_a_regime_shift_raises_the_drift_score_of_that_symbol_only(
+    pipeline: Pipeline, drift_shift: dict[str, float]
+) -> None:
+    waited = pipeline.wait(
+        lambda: _drift_scores(pipeline).get(SHIFTED, 0.0) > DRIFT_LINE,
+        what=f"model_drift_score of {SHIFTED} above {DRIFT_LINE} in Prometheus",
+    )
+    record_timing(f"{SHIFTED_DAYS} shifted days served -> drift score above {DRIFT_LINE}", waited)
+    scores = _drift_scores(pipeline)
+    assert set(scores) == set(SYMBOLS), scores
+    assert all(score < DRIFT_LINE for symbol, score in scores.items() if symbol != SHIFTED), scores
+
+
+def test_model_monitoring_panels_return_data(pipeline: Pipeline, drift_shift: dict[str, float]) -> None:
+    """Every query of the accuracy, drift, confidence and importance panels, as Grafana sends it."""
+    from tests.pipeline.test_grafana import DASHBOARDS, SELECTIONS, panels, substitute
+
+    board = DASHBOARDS["model-monitoring"]
+    chosen = [panel for panel in panels(board) if panel.get("title") in MONITORING_PANELS]
+    assert {panel["title"] for panel in chosen} == set(MONITORING_PANELS)
+    empty: list[str] = []
+    for panel in chosen:
+        for target in panel.get("targets", []):
+            query = substitute(target["expr"], SELECTIONS["all"])
+            if not pipeline.prom("query", query=query)["result"]:
+                empty.append(f"{panel['title']}: {query}")
+    assert not empty, "panel queries without data:\n" + "\n".join(empty)
+
+
+# --- 5. Redis outage: gauge, alert, notification, recovery ------------------------------------------
 
 
 def _gauge(pipeline: Pipeline, name: str) -> list[str]:
@@ -407,3 +470,22 @@ def test_redis_outage_fires_redis_down_and_recovers(pipeline: Pipeline, traffic:
     assert alert["labels"]["severity"] == "warning"
     assert alert["annotations"]["runbook_url"] == "docs/runbook.md#redisdown"
     assert notified["receiver"] == "ticket"
+
+
+# --- 6. the drift alert pages ------------------------------------------------------------------------
+
+
+def test_drift_alert_fires_and_pages(pipeline: Pipeline, drift_shift: dict[str, float]) -> None:
+    alertname = "ModelDriftDetected"
+    hold = pipeline.alert_for[alertname]
+    pipeline.wait(
+        lambda: bool(_notifications(pipeline, alertname, "firing")),
+        what=f"{alertname} notification at the webhook sink (for: {hold:g}s)",
+        timeout=hold + 120,
+    )
+    record_timing(f"shift served -> {alertname} at the sink", time.monotonic() - drift_shift["started"])
+    notified = _notifications(pipeline, alertname, "firing")[0]
+    alerts = [a for a in notified["alerts"] if a["labels"]["alertname"] == alertname]
+    assert {a["labels"]["symbol"] for a in alerts} == {SHIFTED}
+    assert alerts[0]["labels"]["severity"] == "critical"
+    assert notified["receiver"] == "pager"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import redis
 
@@ -26,6 +27,10 @@ from service.training import build_dataset, train
 log = logging.getLogger(__name__)
 
 
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
 @dataclass
 class Container:
     settings: Settings
@@ -39,7 +44,7 @@ class Container:
     health: HealthMonitor
     outcomes: OutcomeMonitor
     drift: DriftMonitor
-    _started: list[object] = field(default_factory=list)
+    _started: list[Stoppable] = field(default_factory=list)
 
     def start_background(self) -> None:
         for task in (self.health, self.outcomes, self.drift):
@@ -50,7 +55,7 @@ class Container:
 
     def close(self) -> None:
         for task in reversed(self._started):
-            task.stop()  # type: ignore[attr-defined]
+            task.stop()
         self._started.clear()
         if self.redis_client is not None:
             self.redis_client.close()

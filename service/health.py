@@ -80,11 +80,7 @@ class HealthMonitor:
     def check_now(self) -> HealthReport:
         components = {
             "database": timed_check(self._database.ping),
-            "redis": (
-                timed_check(lambda: self._redis.ping())  # type: ignore[union-attr]
-                if self._redis is not None
-                else ComponentHealth(up=False, detail="REDIS_URL not set: L1 cache only", configured=False)
-            ),
+            "redis": self._redis_health(),
             "mlflow": timed_check(self._registry.ping),
             "model": self._model_health(),
         }
@@ -92,6 +88,12 @@ class HealthMonitor:
         self._latest = report
         self._export(report)
         return report
+
+    def _redis_health(self) -> ComponentHealth:
+        client = self._redis
+        if client is None:
+            return ComponentHealth(up=False, detail="REDIS_URL not set: L1 cache only", configured=False)
+        return timed_check(client.ping)
 
     def _model_health(self) -> ComponentHealth:
         model = self._models.current

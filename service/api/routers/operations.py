@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -13,8 +15,10 @@ router = APIRouter(tags=["operations"])
 
 
 def _component(health: ComponentHealth) -> ComponentOut:
-    state = "disabled" if not health.configured else ("up" if health.up else "down")
-    return ComponentOut(status=state, latency_ms=health.latency_ms, detail=health.detail)  # type: ignore[arg-type]
+    state: Literal["up", "down", "disabled"] = "up" if health.up else "down"
+    if not health.configured:
+        state = "disabled"
+    return ComponentOut(status=state, latency_ms=health.latency_ms, detail=health.detail)
 
 
 @router.get(

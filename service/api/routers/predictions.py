@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, status
@@ -20,7 +21,7 @@ from service.predictions import PredictionResult
 
 router = APIRouter(tags=["predictions"])
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "Unknown symbol; the message lists the known ones."},
     409: {"model": ErrorOut, "description": "Not enough bars to compute features."},
     503: {"model": ErrorOut, "description": "No model loaded or the database is unavailable."},
@@ -31,13 +32,13 @@ def _out(result: PredictionResult) -> PredictionOut:
     return PredictionOut.model_validate(result, from_attributes=True)
 
 
-@router.post("/predict", operation_id="predict", responses=ERRORS)  # type: ignore[arg-type]
+@router.post("/predict", operation_id="predict", responses=ERRORS)
 def predict(body: PredictRequest, predictions: PredictionsDep) -> PredictionOut:
     """Direction of the symbol's next bar, with the probability of that direction."""
     return _out(predictions.predict(body.symbol))
 
 
-@router.post("/predict/batch", operation_id="predict_batch", responses=ERRORS)  # type: ignore[arg-type]
+@router.post("/predict/batch", operation_id="predict_batch", responses=ERRORS)
 def predict_batch(body: BatchPredictRequest, container: ContainerDep) -> BatchPredictionOut:
     """Predictions for several symbols; every symbol is checked before any is served."""
     limit = container.settings.MAX_BATCH_SYMBOLS

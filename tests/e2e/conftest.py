@@ -39,13 +39,14 @@ import yaml
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from tests.harness import (
+    CollectorPorts,
     ManagedProcess,
     Server,
     WebhookSink,
     create_database,
+    distinct_free_ports,
     drop_database,
     dump_logs,
-    free_port,
     start_alertmanager,
     start_collector,
     start_prometheus,
@@ -83,16 +84,6 @@ _TEST_FILE = "tests/e2e/test_pipeline.py"
 
 
 # --- small helpers -------------------------------------------------------------------------------
-
-
-def distinct_free_ports(count: int) -> list[int]:
-    """`count` different free ports (two free_port() calls may hand out the same one)."""
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
 
 
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
@@ -260,7 +251,7 @@ def _start(stack: contextlib.ExitStack, workdir: Path, seeded: Path, postgres: S
     remote_prometheus = stack.enter_context(start_prometheus(remote_dir, remote_dir / "prometheus.yml"))
 
     remote_env = {
-        **c2.env(remote_tempo.port),
+        **c2.env(traces_endpoint=f"{LOOPBACK}:{remote_tempo.port}"),
         "PROMETHEUS_REMOTE_WRITE_URL": f"{remote_prometheus.url}/api/v1/write",
     }
     remote_configs = [OTEL_DIR / "collector.yaml", OTEL_DIR / "collector.remote-write.yaml"]
@@ -273,7 +264,7 @@ def _start(stack: contextlib.ExitStack, workdir: Path, seeded: Path, postgres: S
     capture_dir.mkdir()
     tee = _write_tee_layer(workdir / "collector" / "collector.e2e-tee.yaml", c2.otlp_http)
     configs = [OTEL_DIR / "collector.yaml", OTEL_DIR / "collector.test-capture.yaml", tee]
-    env = {**c1.env(tempo.port), "CAPTURE_DIR": str(capture_dir)}
+    env = {**c1.env(traces_endpoint=f"{LOOPBACK}:{tempo.port}"), "CAPTURE_DIR": str(capture_dir)}
     collector = stack.enter_context(
         start_collector(workdir / "collector", configs, env, health_port=c1.health)
     )
@@ -372,31 +363,6 @@ def _targets_up(built: Pipeline, jobs: set[str]) -> bool:
 
 
 # --- collectors ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CollectorPorts:
-    otlp_grpc: int
-    otlp_http: int
-    prometheus: int
-    telemetry: int
-    health: int
-
-    @classmethod
-    def pick(cls) -> CollectorPorts:
-        return cls(*distinct_free_ports(5))
-
-    def env(self, tempo_port: int) -> dict[str, str]:
-        """Every address otel/collector.yaml reads (see otel/README.md), on loopback."""
-        return {
-            "OTLP_GRPC_ENDPOINT": f"{LOOPBACK}:{self.otlp_grpc}",
-            "OTLP_HTTP_ENDPOINT": f"{LOOPBACK}:{self.otlp_http}",
-            "PROMETHEUS_EXPORTER_ENDPOINT": f"{LOOPBACK}:{self.prometheus}",
-            "COLLECTOR_TELEMETRY_HOST": LOOPBACK,
-            "COLLECTOR_TELEMETRY_PORT": str(self.telemetry),
-            "HEALTH_CHECK_ENDPOINT": f"{LOOPBACK}:{self.health}",
-            "TRACES_OTLP_ENDPOINT": f"{LOOPBACK}:{tempo_port}",
-        }
 
 
 def _write_tee_layer(path: Path, otlp_http_port: int) -> Path:

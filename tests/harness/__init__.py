@@ -10,12 +10,14 @@ Read in this order:
 from tests.harness.process import (
     ManagedProcess,
     ProcessExitedError,
+    distinct_free_ports,
     free_port,
     in_ci,
     require_binary,
     wait_until,
 )
 from tests.harness.servers import (
+    CollectorPorts,
     Server,
     collector_binary,
     create_database,
@@ -31,12 +33,14 @@ from tests.harness.servers import (
 from tests.harness.webhook import WebhookSink
 
 __all__ = [
+    "CollectorPorts",
     "ManagedProcess",
     "ProcessExitedError",
     "Server",
     "WebhookSink",
     "collector_binary",
     "create_database",
+    "distinct_free_ports",
     "drop_database",
     "dump_logs",
     "free_port",

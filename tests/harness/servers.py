@@ -27,6 +27,7 @@ from tests.harness.process import (
     INSTALL_HINT,
     LOOPBACK,
     ManagedProcess,
+    distinct_free_ports,
     free_port,
     in_ci,
     require_binary,
@@ -304,6 +305,33 @@ def start_alertmanager(workdir: Path, config_file: Path, *, port: int | None = N
 
 
 # --- OpenTelemetry Collector -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CollectorPorts:
+    """Free loopback ports for every address otel/collector.yaml listens on (see otel/README.md)."""
+
+    otlp_grpc: int
+    otlp_http: int
+    prometheus: int
+    telemetry: int
+    health: int
+
+    @classmethod
+    def pick(cls) -> CollectorPorts:
+        return cls(*distinct_free_ports(5))
+
+    def env(self, *, traces_endpoint: str) -> dict[str, str]:
+        """The collector's environment: these ports, and where its trace exporter sends (Tempo's role)."""
+        return {
+            "OTLP_GRPC_ENDPOINT": f"{LOOPBACK}:{self.otlp_grpc}",
+            "OTLP_HTTP_ENDPOINT": f"{LOOPBACK}:{self.otlp_http}",
+            "PROMETHEUS_EXPORTER_ENDPOINT": f"{LOOPBACK}:{self.prometheus}",
+            "COLLECTOR_TELEMETRY_HOST": LOOPBACK,
+            "COLLECTOR_TELEMETRY_PORT": str(self.telemetry),
+            "HEALTH_CHECK_ENDPOINT": f"{LOOPBACK}:{self.health}",
+            "TRACES_OTLP_ENDPOINT": traces_endpoint,
+        }
 
 
 @functools.cache

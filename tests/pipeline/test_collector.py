@@ -35,6 +35,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from tests.harness import (
+    CollectorPorts,
     ProcessExitedError,
     Server,
     collector_binary,
@@ -189,39 +190,10 @@ def test_manifest_pins_one_release() -> None:
 # --- live pipeline -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Ports:
-    """Every port the base config opens, plus one for Tempo, chosen free on loopback."""
-
-    otlp_grpc: int
-    otlp_http: int
-    prometheus: int
-    telemetry: int
-    health: int
-    tempo: int
-
-    @classmethod
-    def pick(cls) -> Ports:
-        """Six distinct free ports (two free_port() calls may return the same one)."""
-        ports: list[int] = []
-        while len(ports) < 6:
-            port = free_port()
-            if port not in ports:
-                ports.append(port)
-        return cls(*ports)
-
-    def env(self) -> dict[str, str]:
-        return {
-            "OTLP_GRPC_ENDPOINT": f"{LOOPBACK}:{self.otlp_grpc}",
-            "OTLP_HTTP_ENDPOINT": f"{LOOPBACK}:{self.otlp_http}",
-            "PROMETHEUS_EXPORTER_ENDPOINT": f"{LOOPBACK}:{self.prometheus}",
-            "COLLECTOR_TELEMETRY_HOST": LOOPBACK,
-            "COLLECTOR_TELEMETRY_PORT": str(self.telemetry),
-            "HEALTH_CHECK_ENDPOINT": f"{LOOPBACK}:{self.health}",
-            # Nothing listens there: the Tempo exporter queues and retries, which must not hold up
-            # the other outputs of the traces pipeline.
-            "TRACES_OTLP_ENDPOINT": f"{LOOPBACK}:{self.tempo}",
-        }
+def collector_env(ports: CollectorPorts) -> dict[str, str]:
+    # Nothing listens at the trace endpoint: the Tempo exporter queues and retries, which must not
+    # hold up the other outputs of the traces pipeline.
+    return ports.env(traces_endpoint=f"{LOOPBACK}:{free_port()}")
 
 
 @dataclass(frozen=True)
@@ -235,7 +207,7 @@ class SentTelemetry:
 
 
 @contextlib.contextmanager
-def _prediction_telemetry(ports: Ports) -> Iterator[SentTelemetry]:
+def _prediction_telemetry(ports: CollectorPorts) -> Iterator[SentTelemetry]:
     """Act as the service: one prediction span (with a child) and its metrics, flushed.
 
     Traces go over OTLP/gRPC and metrics over OTLP/HTTP so both receiver protocols are exercised.
@@ -283,7 +255,7 @@ def _prediction_telemetry(ports: Ports) -> Iterator[SentTelemetry]:
         meter_provider.shutdown()
 
 
-def _scrape(ports: Ports) -> dict[str, list[Sample]]:
+def _scrape(ports: CollectorPorts) -> dict[str, list[Sample]]:
     """Samples of the collector's Prometheus endpoint in OpenMetrics, by family name."""
     response = httpx.get(
         f"http://{LOOPBACK}:{ports.prometheus}/metrics", headers={"Accept": OPENMETRICS}, timeout=5
@@ -293,7 +265,7 @@ def _scrape(ports: Ports) -> dict[str, list[Sample]]:
     return {family.name: family.samples for family in text_string_to_metric_families(response.text)}
 
 
-def _poll_scrape(ports: Ports, *families: str) -> dict[str, list[Sample]]:
+def _poll_scrape(ports: CollectorPorts, *families: str) -> dict[str, list[Sample]]:
     """Scrape until every family in `families` is exposed; return that scrape."""
     latest: dict[str, list[Sample]] = {}
 
@@ -323,7 +295,7 @@ def _captured_spans(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def live_collector(otelcol: str, tmp_path: Path) -> Iterator[tuple[Server, Ports, Path]]:
+def live_collector(otelcol: str, tmp_path: Path) -> Iterator[tuple[Server, CollectorPorts, Path]]:
     """The base config plus the capture layer, on free loopback ports.
 
     A port picked free can be taken by another process before the collector binds it (tests of
@@ -332,8 +304,8 @@ def live_collector(otelcol: str, tmp_path: Path) -> Iterator[tuple[Server, Ports
     capture_dir = tmp_path / "capture"
     capture_dir.mkdir()
     for attempt in range(START_ATTEMPTS):
-        ports = Ports.pick()
-        env = {**ports.env(), "CAPTURE_DIR": str(capture_dir)}
+        ports = CollectorPorts.pick()
+        env = {**collector_env(ports), "CAPTURE_DIR": str(capture_dir)}
         try:
             server = start_collector(tmp_path, [BASE_CONFIG, CAPTURE_LAYER], env, health_port=ports.health)
         except ProcessExitedError as exc:
@@ -346,14 +318,14 @@ def live_collector(otelcol: str, tmp_path: Path) -> Iterator[tuple[Server, Ports
 
 
 def test_live_metrics_exemplars_span_metrics_and_capture(
-    live_collector: tuple[Server, Ports, Path],
+    live_collector: tuple[Server, CollectorPorts, Path],
 ) -> None:
     _server, ports, capture_dir = live_collector
     with _prediction_telemetry(ports) as sent:
         _assert_pipeline_outputs(ports, capture_dir, sent)
 
 
-def _assert_pipeline_outputs(ports: Ports, capture_dir: Path, sent: SentTelemetry) -> None:
+def _assert_pipeline_outputs(ports: CollectorPorts, capture_dir: Path, sent: SentTelemetry) -> None:
     identity = {"job": SERVICE_NAME, "instance": sent.instance_id}
 
     scraped = _poll_scrape(ports, "prediction_duration_seconds", "predictions")
@@ -408,7 +380,7 @@ def _span_samples(scraped: dict[str, list[Sample]], family: str, suffix: str) ->
     ]
 
 
-def _assert_span_metrics(ports: Ports, sent: SentTelemetry, identity: dict[str, str]) -> None:
+def _assert_span_metrics(ports: CollectorPorts, sent: SentTelemetry, identity: dict[str, str]) -> None:
     """Request rate/errors (calls) and latency (duration) derived from the same spans.
 
     The connector exports a new counter series as 0 first and the real count one flush later
@@ -440,7 +412,7 @@ def _assert_span_metrics(ports: Ports, sent: SentTelemetry, identity: dict[str, 
     assert sent.trace_id in exemplar_trace_ids, "no span-metrics exemplar carries the span's trace id"
 
 
-def test_live_ports_come_from_env(live_collector: tuple[Server, Ports, Path]) -> None:
+def test_live_ports_come_from_env(live_collector: tuple[Server, CollectorPorts, Path]) -> None:
     """Health, self-telemetry and exporter endpoints answer on the ports we chose."""
     server, ports, _capture_dir = live_collector
     assert httpx.get(f"{server.url}/", timeout=5).status_code == 200
@@ -467,8 +439,8 @@ def test_remote_write_gives_the_scrape_names_labels_and_exemplars(otelcol: str, 
     """
     (tmp_path / "prometheus.yml").write_text("# remote write only: nothing to scrape\nglobal: {}\n")
     with start_prometheus(tmp_path, tmp_path / "prometheus.yml") as prometheus:
-        ports = Ports.pick()
-        env = {**ports.env(), "PROMETHEUS_REMOTE_WRITE_URL": f"{prometheus.url}/api/v1/write"}
+        ports = CollectorPorts.pick()
+        env = {**collector_env(ports), "PROMETHEUS_REMOTE_WRITE_URL": f"{prometheus.url}/api/v1/write"}
         configs = [BASE_CONFIG, REMOTE_WRITE_LAYER]
         with (
             start_collector(tmp_path, configs, env, health_port=ports.health),

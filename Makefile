@@ -45,6 +45,7 @@ test: install system-deps collector lint typecheck pytest
 bench: install
 	$(BIN)/python benchmarks/telemetry_overhead.py
 	$(BIN)/python benchmarks/prediction_latency.py
+	$(BIN)/python benchmarks/series_count.py
 
 dashboards: install
 	$(BIN)/python grafana/build_dashboards.py

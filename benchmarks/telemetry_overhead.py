@@ -1,11 +1,13 @@
 """Server-side time that telemetry adds to one prediction (L1 hit, the hot path).
 
-Two apps are built from the same seeded data (each on its own copy of the data directory):
+Three apps are built from the same seeded data (each on its own copy of the data directory):
 
 - `on`:  the production set-up without a collector: `setup_telemetry` (Prometheus reader, service
          instruments, FastAPI's native server span and metrics, SQLAlchemy spans) plus what OTLP
          export would cost locally: spans through a BatchSpanProcessor and metrics through a
          5 s PeriodicExportingMetricReader, both into exporters that drop everything.
+- `on-10%`: the same with a parent-based 10 % trace-id ratio sampler, what
+         OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1 gives.
 - `off`: `noop_telemetry()`: no-op providers. FastAPI's native telemetry sees them and skips all
          of its work (fastapi/telemetry/_asgi.py: `tracing`/`metering` are false for NoOp
          providers and `logs` is off, so the request goes straight to the app); the script checks
@@ -44,6 +46,7 @@ from opentelemetry.sdk.metrics.export import (
 )
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.app import create_app
@@ -140,9 +143,10 @@ def seed(root: Path) -> Path:
     return data
 
 
-def full_telemetry(settings: Settings) -> Telemetry:
+def full_telemetry(settings: Settings, sampler: Sampler | None = None) -> Telemetry:
     telemetry = setup_telemetry(
         settings,
+        sampler=sampler,
         extra_metric_readers=[
             PeriodicExportingMetricReader(DropMetrics(), export_interval_millis=METRIC_EXPORT_INTERVAL_MS)
         ],
@@ -151,11 +155,11 @@ def full_telemetry(settings: Settings) -> Telemetry:
     return telemetry
 
 
-def start(name: str, seeded: Path, root: Path, telemetry_on: bool) -> Variant:
+def start(name: str, seeded: Path, root: Path, telemetry_on: bool, sampler: Sampler | None = None) -> Variant:
     data = root / name
     shutil.copytree(seeded, data)
     settings = settings_for(data)
-    telemetry = full_telemetry(settings) if telemetry_on else noop_telemetry()
+    telemetry = full_telemetry(settings, sampler) if telemetry_on else noop_telemetry()
     timed = Timed(create_app(settings, telemetry))
     client = TestClient(timed)
     client.__enter__()
@@ -175,7 +179,7 @@ def warm_up(variant: Variant, count: int) -> None:
         body = call(variant, index)
     if variant.name == "off" and body["trace_id"] is not None:
         raise RuntimeError("telemetry off, yet the request ran inside a span: FastAPI still instruments")
-    if variant.name == "on" and body["trace_id"] is None:
+    if variant.name.startswith("on") and body["trace_id"] is None:
         raise RuntimeError("telemetry on, yet the request had no span")
     if body["served_from"] != "l1":
         raise RuntimeError(f"{variant.name}: warm-up did not reach the L1 cache ({body['served_from']})")
@@ -194,32 +198,34 @@ def p95(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[94]
 
 
-def report(on: Variant, off: Variant) -> None:
-    rows = []
-    for variant in (on, off):
+def report(variants: Sequence[Variant], off: Variant) -> None:
+    """One row per variant, then what each telemetry variant adds over `off`."""
+    rows = {}
+    for variant in (*variants, off):
         samples = variant.timed.samples
-        rows.append(
-            (
-                variant.name,
-                len(samples),
-                statistics.median(samples) * 1e6,
-                p95(samples) * 1e6,
-                statistics.fmean(samples) * 1e6,
-                variant.cpu_seconds / variant.calls * 1e6,
-            )
+        rows[variant.name] = (
+            len(samples),
+            statistics.median(samples) * 1e6,
+            p95(samples) * 1e6,
+            statistics.fmean(samples) * 1e6,
+            variant.cpu_seconds / variant.calls * 1e6,
         )
-    diff = tuple(a - b for a, b in zip(rows[0][2:], rows[1][2:], strict=True))
     header = (
-        f"{'telemetry':<12}{'requests':>9}{'median µs':>12}{'p95 µs':>12}{'mean µs':>12}{'CPU µs/req':>13}"
+        f"{'telemetry':<14}{'requests':>9}{'median µs':>12}{'p95 µs':>12}{'mean µs':>12}{'CPU µs/req':>13}"
     )
     print(header)
     print("-" * len(header))
-    for name, count, median, tail, mean, cpu in rows:
-        print(f"{name:<12}{count:>9}{median:>12.1f}{tail:>12.1f}{mean:>12.1f}{cpu:>13.1f}")
+    for name, (count, median, tail, mean, cpu) in rows.items():
+        print(f"{name:<14}{count:>9}{median:>12.1f}{tail:>12.1f}{mean:>12.1f}{cpu:>13.1f}")
     print("-" * len(header))
-    print(f"{'added':<12}{'':>9}{diff[0]:>+12.1f}{diff[1]:>+12.1f}{diff[2]:>+12.1f}{diff[3]:>+13.1f}")
-    off_median = rows[1][2]
-    print(f"\nTelemetry adds {diff[0]:.0f} µs ({diff[0] / off_median:.0%}) to the median server-side time.")
+    base = rows[off.name]
+    for variant in variants:
+        diff = [a - b for a, b in zip(rows[variant.name][1:], base[1:], strict=True)]
+        cells = "".join(f"{value:>+12.1f}" for value in diff[:3]) + f"{diff[3]:>+13.1f}"
+        print(f"{variant.name + ' - off':<14}{'':>9}{cells}")
+    for variant in variants:
+        added = rows[variant.name][1] - base[1]
+        print(f"{variant.name}: adds {added:.0f} µs ({added / base[1]:.0%}) to the median server-side time.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,23 +245,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("seeding a market and training a model (a few seconds)...", file=sys.stderr)
         seeded = seed(root)
         on = start("on", seeded, root, telemetry_on=True)
+        # What OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1 gives.
+        sampled = start(
+            "on-10%", seeded, root, telemetry_on=True, sampler=ParentBased(TraceIdRatioBased(0.1))
+        )
         off = start("off", seeded, root, telemetry_on=False)
+        variants = [on, sampled, off]
         try:
-            for variant in (on, off):
+            for variant in variants:
                 warm_up(variant, args.warmup)
             done = 0
-            order = [on, off]
+            order = list(variants)
             while done < args.requests:
                 size = min(args.block, args.requests - done)
                 for variant in order:
                     run_block(variant, done, size)
-                order.reverse()  # neither variant always runs first
+                order = order[1:] + order[:1]  # no variant always runs first
                 done += size
         finally:
-            for variant in (on, off):
+            for variant in variants:
                 variant.client.__exit__(None, None, None)
             on.telemetry.shutdown()
-    report(on, off)
+            sampled.telemetry.shutdown()
+    report([on, sampled], off)
     return 0
 
 

@@ -27,6 +27,7 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
 from prometheus_client import CollectorRegistry
 
 from service import __version__
@@ -170,8 +171,13 @@ def setup_telemetry(
     extra_metric_readers: Iterable[MetricReader] = (),
     extra_span_exporters: Iterable[SpanExporter] = (),
     prometheus_endpoint: bool = True,
+    sampler: Sampler | None = None,
 ) -> Telemetry:
-    """Providers for one app. Tests pass in-memory readers/exporters; production sets OTEL_* env."""
+    """Providers for one app. Tests pass in-memory readers/exporters; production sets OTEL_* env.
+
+    The sampler is the argument if given, else what OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG
+    say (the SDK reads them), else parent-based always-on.
+    """
     resource = build_resource(settings)
     readers: list[MetricReader] = list(extra_metric_readers)
     registry: CollectorRegistry | None = None
@@ -186,7 +192,7 @@ def setup_telemetry(
         readers.append(PeriodicExportingMetricReader(otlp_metrics, export_interval_millis=interval))
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
 
-    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler)
     for exporter in extra_span_exporters:
         tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     otlp_spans = _otlp_span_exporter()

@@ -12,6 +12,7 @@ swap: requests in flight finish on the model they started with) and reports load
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -113,6 +114,7 @@ class ModelRegistry:
         experiment_id = self._experiment_id()
         with (
             _process_uris(self.tracking_uri),
+            _prints_to_log(),
             mlflow.start_run(
                 experiment_id=experiment_id, run_name=f"train-{trained.trained_at:%Y%m%dT%H%M%S}"
             ),
@@ -367,6 +369,21 @@ def _info_labels(model: ServedModel) -> dict[str, str]:
 
 
 _URI_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _prints_to_log() -> Iterator[None]:
+    """MLflow prints registration messages to stderr; send them through logging (JSON lines).
+
+    Registration runs at bootstrap and in the CLI, before any request thread exists, so swapping
+    sys.stderr for the duration is safe.
+    """
+    captured = io.StringIO()
+    with contextlib.redirect_stderr(captured):
+        yield
+    for line in captured.getvalue().splitlines():
+        if line.strip():
+            log.info("mlflow: %s", line.strip())
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -48,6 +49,12 @@ def test_make_run_serves_predictions_from_an_empty_start(tmp_path: Path) -> None
             assert health["components"]["model"]["status"] == "up"
             metrics = client.get("/metrics").text
             assert "predictions_total{" in metrics
+        # Every line the server wrote (after make echoes the command) is one JSON object.
+        output = process.log_path.read_text().splitlines()
+        served = output[next(i for i, line in enumerate(output) if "stockpred serve" in line) + 1 :]
+        assert served, output
+        for line in served:
+            assert "trace_id" in json.loads(line), line
         # The data directory holds what a fresh machine needs next time: database, registry, cache.
         data = tmp_path / "data"
         assert (data / "stockpred.db").exists()

@@ -140,6 +140,19 @@ def timeseries(
     return panel("timeseries", title, description, targets, custom=custom, options=options, **kwargs)
 
 
+def drift_timeseries(title: str, description: str, metric: str) -> Json:
+    """A PSI gauge per symbol and model version, against the 0.1 / 0.2 / 0.25 bands."""
+    return timeseries(
+        title,
+        description,
+        [target("A", f"max by (symbol, model_version) ({metric}{{{SEL}}})", "{{symbol}} v{{model_version}}")],
+        unit="none",
+        steps=DRIFT_STEPS,
+        threshold_style="line+area",
+        extra_defaults={"min": 0, "decimals": 3},
+    )
+
+
 def heatmap(title: str, description: str, targets: list[Json], *, y_unit: str, ordinal: bool) -> Json:
     """Pre-bucketed heatmap: Grafana must not re-bucket (`calculate: false`).
 
@@ -818,41 +831,21 @@ def model_monitoring() -> Json:
         "0.25 (a significant shift by the usual PSI rule of thumb)."
     )
     lay.add(
-        timeseries(
+        drift_timeseries(
             "Model drift detection",
             "model_drift_score: the largest feature PSI of each symbol's recently served inputs against the "
             "training reference. " + drift_note,
-            [
-                target(
-                    "A",
-                    f"max by (symbol, model_version) (model_drift_score{{{SEL}}})",
-                    "{{symbol}} v{{model_version}}",
-                )
-            ],
-            unit="none",
-            steps=DRIFT_STEPS,
-            threshold_style="line+area",
-            extra_defaults={"min": 0, "decimals": 3},
+            "model_drift_score",
         ),
         12,
         8,
     )
     lay.add(
-        timeseries(
+        drift_timeseries(
             "Prediction drift",
             "PSI of the served confidence distribution against the training reference: the model's output "
             "moving even when no single feature did. " + drift_note,
-            [
-                target(
-                    "A",
-                    f"max by (symbol, model_version) (model_prediction_drift{{{SEL}}})",
-                    "{{symbol}} v{{model_version}}",
-                )
-            ],
-            unit="none",
-            steps=DRIFT_STEPS,
-            threshold_style="line+area",
-            extra_defaults={"min": 0, "decimals": 3},
+            "model_prediction_drift",
         ),
         12,
         8,

@@ -14,7 +14,7 @@ import uvicorn
 from rich.console import Console
 
 from service.config import Settings, get_settings
-from service.container import Container, build_container, seed_if_empty, train_and_register
+from service.container import Container, bootstrap, build_container, seed_if_empty, train_and_register
 from service.ingestion import InvalidBatchError, ingest
 from service.market_data import (
     CsvFormatError,
@@ -60,9 +60,12 @@ def serve(
     configure_logging(settings)
     if workers > 1:
         # Bootstrap once here so that workers do not race to migrate, seed or train.
-        with _container(settings) as container, _step("bootstrapping (schema, data, champion model)"):
-            seed_if_empty(container)
-            container.models.load_initial(train_if_missing=lambda: train_and_register(container))
+        container = build_container(settings)
+        try:
+            with _step("bootstrapping (schema, data, champion model)"):
+                bootstrap(container)
+        finally:
+            container.close()
     uvicorn.run(
         "service.api.app:create_app",
         factory=True,

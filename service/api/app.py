@@ -18,9 +18,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
 from service import __version__
+from service.api.dependencies import get_container
 from service.api.routers import feature_store, market_data, models, operations, predictions
 from service.config import Settings, get_settings
-from service.container import Container, bootstrap, build_container
+from service.container import bootstrap, build_container
 from service.features import InsufficientHistoryError
 from service.ingestion import InvalidBatchError
 from service.predictions import (
@@ -96,11 +97,6 @@ def _untraced(scope: MutableMapping[str, Any]) -> bool:
     return scope.get("path") in UNTRACED_PATHS
 
 
-def _container(request: Request) -> Container:
-    container: Container = request.app.state.container
-    return container
-
-
 def _error(status_code: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": detail, **extra}, status_code=status_code)
 
@@ -140,7 +136,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         if request.url.path.rstrip("/") in PREDICTION_PATHS:
-            _container(request).telemetry.metrics.prediction_errors.add(1, {"reason": "invalid_input"})
+            get_container(request).telemetry.metrics.prediction_errors.add(1, {"reason": "invalid_input"})
         problems = [
             {"location": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
             for e in error.errors()

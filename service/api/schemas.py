@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.config import SYMBOL_PATTERN
+from service.market_data import validate_bar
 from service.storage import BarIn, as_utc
 
 
@@ -39,10 +40,10 @@ class Bar(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Bar:
-        if self.high < self.low:
-            raise ValueError(f"high ({self.high}) is below low ({self.low})")
-        if self.high < max(self.open, self.close) or self.low > min(self.open, self.close):
-            raise ValueError("open and close must lie within [low, high]")
+        """The same rules as CSV imports and the CLI (market_data.validate_bar)."""
+        problems = validate_bar(self.to_bar_in())
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def to_bar_in(self) -> BarIn:

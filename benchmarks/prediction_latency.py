@@ -32,7 +32,7 @@ import redis
 
 from service.config import Settings
 from service.container import Container, bootstrap, build_container
-from service.telemetry import setup_telemetry
+from service.telemetry.providers import setup_telemetry
 
 SYMBOLS = ["AAPL", "MSFT", "GOOGL", "AMZN", "NVDA"]
 

@@ -25,8 +25,8 @@ from service.api.app import create_app
 from service.api.schemas import Bar
 from service.config import Settings
 from service.container import build_container, train_and_register
-from service.market_data import synthetic_bars_after
-from service.storage import as_utc
+from service.market.synthetic import synthetic_bars_after
+from service.storage.tables import as_utc
 
 
 def drive(client: TestClient, symbols: list[str]) -> None:

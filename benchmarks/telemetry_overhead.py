@@ -52,7 +52,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.app import create_app
 from service.config import Settings
 from service.container import bootstrap, build_container
-from service.telemetry import Telemetry, noop_telemetry, setup_telemetry
+from service.telemetry.providers import Telemetry, noop_telemetry, setup_telemetry
 
 SYMBOLS = ["AAPL", "MSFT", "GOOGL", "AMZN", "NVDA"]
 # Long enough that every measured call is an L1 hit: we measure telemetry, not the database.

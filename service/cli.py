@@ -15,17 +15,12 @@ from rich.console import Console
 
 from service.config import Settings, get_settings
 from service.container import Container, bootstrap, build_container, seed_if_empty, train_and_register
-from service.ingestion import InvalidBatchError, ingest
-from service.market_data import (
-    CsvFormatError,
-    next_bar_index,
-    parse_timestamp,
-    read_csv_bars,
-    synthetic_bars_after,
-)
-from service.migrations import upgrade_to_head
-from service.storage import last_bar
-from service.telemetry import configure_logging
+from service.market.csv_import import CsvFormatError, parse_timestamp, read_csv_bars
+from service.market.ingestion import InvalidBatchError, ingest
+from service.market.synthetic import next_bar_index, synthetic_bars_after
+from service.storage.market_bars import last_bar
+from service.storage.migrations import upgrade_to_head
+from service.telemetry.logs import configure_logging
 
 app = typer.Typer(help="Stock-direction prediction service.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -93,7 +88,7 @@ def seed(
     settings = get_settings()
     with _container(settings) as container, _step(f"seeding {len(settings.SYMBOLS)} symbols"):
         if force:
-            from service.market_data import synthetic_bars
+            from service.market.synthetic import synthetic_bars
 
             for symbol in settings.SYMBOLS:
                 ingest(

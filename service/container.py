@@ -13,16 +13,20 @@ from typing import Protocol
 import redis
 
 from service.config import Settings
-from service.feature_store import FeatureStore
-from service.health import HealthMonitor
-from service.market_data import synthetic_bars
-from service.migrations import upgrade_to_head
-from service.model_registry import ModelManager, ModelRegistry
-from service.monitoring import DriftMonitor, OutcomeMonitor
-from service.predictions import PredictionService
-from service.storage import Database, count_bars, upsert_bars
-from service.telemetry import Telemetry, instrument_engine, instrument_redis_client, noop_telemetry
-from service.training import build_dataset, train
+from service.market.synthetic import synthetic_bars
+from service.model.manager import ModelManager
+from service.model.registry import ModelRegistry
+from service.model.training import build_dataset, train
+from service.monitoring.drift_monitor import DriftMonitor
+from service.monitoring.health import HealthMonitor
+from service.monitoring.outcomes import OutcomeMonitor
+from service.serving.feature_store import FeatureStore
+from service.serving.predictions import PredictionService
+from service.storage.database import Database
+from service.storage.market_bars import count_bars, upsert_bars
+from service.storage.migrations import upgrade_to_head
+from service.telemetry.instrumentation import instrument_engine, instrument_redis_client
+from service.telemetry.providers import Telemetry, noop_telemetry
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.config import Settings
 from service.container import Container, bootstrap, build_container
-from service.telemetry import Telemetry
+from service.telemetry.providers import Telemetry
 
 pytest_plugins = ["tests.harness.fixtures"]
 

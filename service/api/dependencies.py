@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.container import Container
-from service.feature_store import FeatureStore
-from service.predictions import PredictionService
+from service.serving.feature_store import FeatureStore
+from service.serving.predictions import PredictionService
 
 
 def get_container(request: Request) -> Container:

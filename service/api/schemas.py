@@ -9,8 +9,9 @@ from uuid import UUID
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.config import SYMBOL_PATTERN
-from service.market_data import validate_bar
-from service.storage import BarIn, as_utc
+from service.market.validation import validate_bar
+from service.storage.market_bars import BarIn
+from service.storage.tables import as_utc
 
 
 def normalise_symbol(value: str) -> str:

@@ -7,7 +7,7 @@ from datetime import datetime
 from fastapi.testclient import TestClient
 
 from service.api.schemas import Bar
-from service.market_data import synthetic_bars_after
+from service.market.synthetic import synthetic_bars_after
 
 KNOWN = ["AAPL", "AMZN", "GOOGL", "MSFT", "NVDA"]
 

@@ -30,7 +30,7 @@ import httpx
 import pytest
 
 from service.api.schemas import Bar
-from service.market_data import next_bar_index, synthetic_bars_after
+from service.market.synthetic import next_bar_index, synthetic_bars_after
 from tests.e2e.conftest import SEED, SERVICE_JOB, SYMBOLS, Pipeline, record_timing
 
 pytestmark = pytest.mark.e2e

@@ -14,12 +14,13 @@ import pytest
 import redis
 
 from service.container import make_redis
-from service.feature_store import FeatureStore, FeatureVector
-from service.features import FEATURE_SET, InsufficientHistoryError, latest_vector
-from service.market_data import synthetic_bars
-from service.migrations import upgrade_to_head
-from service.storage import Database, recent_bars, upsert_bars
-from service.telemetry import noop_telemetry
+from service.market.synthetic import synthetic_bars
+from service.model.features import FEATURE_SET, InsufficientHistoryError, latest_vector
+from service.serving.feature_store import FeatureStore, FeatureVector
+from service.storage.database import Database
+from service.storage.market_bars import recent_bars, upsert_bars
+from service.storage.migrations import upgrade_to_head
+from service.telemetry.providers import noop_telemetry
 from tests.conftest import make_settings
 from tests.harness import Server, start_redis, wait_until
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.feature_store import FeatureStore
+from service.serving.feature_store import FeatureStore
 from tests.conftest import ClientFactory, make_settings
 from tests.harness import start_redis, wait_until
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from service.container import Container
-from service.ingestion import ingest
-from service.market_data import next_bar_index, synthetic_bars_after
-from service.monitoring import DriftMonitor
-from service.storage import last_bar
+from service.market.ingestion import ingest
+from service.market.synthetic import next_bar_index, synthetic_bars_after
+from service.monitoring.drift_monitor import DriftMonitor
+from service.storage.market_bars import last_bar
 
 SHIFTED = "NVDA"
 DAYS = 120  # about half of the 250-bar drift window

@@ -554,7 +554,7 @@ def test_dockerignore_keeps_only_what_the_build_needs() -> None:
         "requirements.lock",
         "README.md",
         "service/cli.py",
-        "service/migrations/env.py",
+        "service/storage/migrations/env.py",
     ]
     for path in needed:
         assert not _ignored(path, patterns), f".dockerignore leaves out {path}, which the build copies"

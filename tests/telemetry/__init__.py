@@ -21,9 +21,9 @@ from opentelemetry.trace import SpanKind
 
 from service.api.schemas import Bar
 from service.config import Settings
-from service.feature_store import FeatureStore
-from service.market_data import synthetic_bars_after
-from service.telemetry import Telemetry, setup_telemetry
+from service.market.synthetic import synthetic_bars_after
+from service.serving.feature_store import FeatureStore
+from service.telemetry.providers import Telemetry, setup_telemetry
 
 # Generous: background loops run every 0.2 s in test settings, so a deadline is only hit on a bug.
 MONITOR_DEADLINE_SECONDS = 10.0

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
-from service.telemetry import setup_telemetry
+from service.telemetry.providers import setup_telemetry
 from tests.conftest import make_settings
 from tests.harness import free_port
 

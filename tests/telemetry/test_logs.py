@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
-from service.telemetry import configure_logging
+from service.telemetry.logs import configure_logging
 from tests.conftest import make_settings
 from tests.harness import free_port
 from tests.telemetry import hex_span_id, hex_trace_id, predict, recorded_telemetry, server_spans

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from opentelemetry.sdk.metrics.export import Gauge, Histogram, Sum
 
 from service.config import Settings
-from service.telemetry import CONFIDENCE_BUCKETS, LATENCY_BUCKETS
+from service.telemetry.instruments import CONFIDENCE_BUCKETS, LATENCY_BUCKETS
 from tests.conftest import make_settings
 from tests.harness import Server, wait_until
 from tests.telemetry import (

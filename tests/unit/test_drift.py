@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from service.drift import (
+from service.monitoring.drift import (
     EPSILON,
     Histogram,
     ReferenceDistribution,

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 
-from service.features import (
+from service.model.features import (
     FEATURE_SET,
     InsufficientHistoryError,
     bars_frame,
@@ -22,7 +22,7 @@ from service.features import (
     latest_vector,
     training_frame,
 )
-from service.storage import MarketBar
+from service.storage.tables import MarketBar
 
 START = datetime(2024, 1, 1, 21, 0, tzinfo=UTC)
 

@@ -10,15 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from service.market_data import (
-    CsvFormatError,
-    duplicate_keys,
-    read_csv_bars,
-    synthetic_bars,
-    synthetic_bars_after,
-    validate_bar,
-)
-from service.storage import BarIn
+from service.market.csv_import import CsvFormatError, read_csv_bars
+from service.market.synthetic import synthetic_bars, synthetic_bars_after
+from service.market.validation import duplicate_keys, validate_bar
+from service.storage.market_bars import BarIn
 
 SYMBOLS = ("AAPL", "MSFT", "GOOGL", "AMZN", "NVDA")
 

@@ -13,16 +13,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import func, select
 
 from service.container import Container
-from service.features import FEATURE_SET, latest_vector
-from service.ingestion import IngestResult, InvalidBatchError, ingest
-from service.market_data import synthetic_bars_after
-from service.predictions import (
+from service.market.ingestion import IngestResult, InvalidBatchError, ingest
+from service.market.synthetic import synthetic_bars_after
+from service.model.features import FEATURE_SET, latest_vector
+from service.serving.predictions import (
     ConflictingFeedbackError,
     PredictionNotFoundError,
     PredictionResult,
     UnknownSymbolError,
 )
-from service.storage import PENDING, RESOLVED, BarIn, MarketBar, Prediction, count_bars, last_bar, recent_bars
+from service.storage.market_bars import BarIn, count_bars, last_bar, recent_bars
+from service.storage.tables import PENDING, RESOLVED, MarketBar, Prediction
 
 
 def prediction_count(container: Container) -> int:

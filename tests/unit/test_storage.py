@@ -12,26 +12,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, select
 
-from service.migrations import upgrade_to_head
-from service.storage import (
-    PENDING,
-    RESOLVED,
-    BarIn,
-    Database,
-    MarketBar,
-    Prediction,
-    UpsertResult,
+from service.storage.database import Database
+from service.storage.market_bars import BarIn, UpsertResult, count_bars, last_bar, recent_bars, upsert_bars
+from service.storage.migrations import upgrade_to_head
+from service.storage.prediction_rows import (
     add_prediction,
-    count_bars,
     get_prediction,
-    last_bar,
     new_prediction_id,
     pending_counts,
-    recent_bars,
     resolve_due_predictions,
     rolling_accuracy,
-    upsert_bars,
 )
+from service.storage.tables import PENDING, RESOLVED, MarketBar, Prediction
 
 DAY0 = datetime(2024, 3, 4, 21, 0, tzinfo=UTC)  # a Monday close
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)

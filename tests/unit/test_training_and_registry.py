@@ -25,14 +25,11 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from service.config import Settings
-from service.drift import histogram
-from service.features import FEATURE_SET
-from service.market_data import synthetic_bars
-from service.migrations import upgrade_to_head
-from service.model_registry import CACHE_POINTER, ModelManager, ModelRegistry
-from service.storage import Database, upsert_bars
-from service.telemetry import ServiceMetrics, Telemetry
-from service.training import (
+from service.market.synthetic import synthetic_bars
+from service.model.features import FEATURE_SET
+from service.model.manager import ModelManager
+from service.model.registry import CACHE_POINTER, ModelRegistry
+from service.model.training import (
     VALIDATION_SHARE,
     NotEnoughDataError,
     TrainedModel,
@@ -40,6 +37,12 @@ from service.training import (
     lag1_autocorrelation,
     train,
 )
+from service.monitoring.drift import histogram
+from service.storage.database import Database
+from service.storage.market_bars import upsert_bars
+from service.storage.migrations import upgrade_to_head
+from service.telemetry.instruments import ServiceMetrics
+from service.telemetry.providers import Telemetry
 from tests.conftest import make_settings
 from tests.harness import free_port
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, status
 
 from service.api.dependencies import ContainerDep
 from service.api.schemas import ErrorOut, IngestResponse, MarketDataBatch
-from service.ingestion import ingest
+from service.market.ingestion import ingest
 
 router = APIRouter(tags=["market data"])
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, status
 
 from service.api.dependencies import ContainerDep
 from service.api.schemas import ErrorOut, ModelOut, ModelsOut, ModelVersionOut
-from service.model_registry import RegistryUnavailableError
+from service.model.registry import RegistryUnavailableError
 
 router = APIRouter(prefix="/models", tags=["models"])
 

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.dependencies import ContainerDep
 from service.api.schemas import ComponentOut, HealthOut
-from service.health import ComponentHealth
+from service.monitoring.health import ComponentHealth
 
 router = APIRouter(tags=["operations"])
 

@@ -17,7 +17,7 @@ from service.api.schemas import (
     PredictionRecord,
     PredictRequest,
 )
-from service.predictions import PredictionResult
+from service.serving.predictions import PredictionResult
 
 router = APIRouter(tags=["predictions"])
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from service.storage import MarketBar
+from service.storage.tables import MarketBar
 
 
 @dataclass(frozen=True)

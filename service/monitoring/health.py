@@ -16,9 +16,10 @@ from typing import Any, Literal
 import redis
 
 from service.background import PeriodicTask
-from service.model_registry import ModelManager, ModelRegistry
-from service.storage import Database
-from service.telemetry import Telemetry
+from service.model.manager import ModelManager
+from service.model.registry import ModelRegistry
+from service.storage.database import Database
+from service.telemetry.providers import Telemetry
 
 Status = Literal["ok", "degraded", "down"]
 STATUS_VALUE: dict[Status, int] = {"ok": 2, "degraded": 1, "down": 0}

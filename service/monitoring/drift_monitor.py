@@ -1,6 +1,6 @@
-"""Live model monitoring: realised accuracy with delayed labels, and drift against training.
+"""Drift of each symbol's served features (and confidence) against the training reference.
 
-Both run in the background and publish gauges; neither touches the request path beyond
+Runs in the background and publishes gauges; it touches the request path only through
 `DriftMonitor.observe`, which appends to a bounded deque.
 
 Drift windows hold one feature vector per *bar* a symbol was served for, not one per request: a
@@ -14,61 +14,19 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 
 from service.background import PeriodicTask
-from service.drift import psi
-from service.features import FEATURE_SET, bars_frame, feature_frame
-from service.model_registry import ModelManager, ServedModel
-from service.predictions import PredictionResult
-from service.storage import Database, pending_counts, recent_bars, rolling_accuracy
-from service.telemetry import Telemetry
-
-
-class OutcomeMonitor:
-    """Publishes `model_accuracy`, `model_resolved_predictions` and `model_pending_predictions`."""
-
-    def __init__(
-        self,
-        *,
-        database: Database,
-        telemetry: Telemetry,
-        window_predictions: int,
-        window_hours: float,
-        interval_seconds: float,
-    ) -> None:
-        self._database = database
-        self._metrics = telemetry.metrics
-        self._window_predictions = window_predictions
-        self._window = timedelta(hours=window_hours)
-        self._task = PeriodicTask("outcome-monitor", interval_seconds, self.refresh)
-        self._published_pending: set[str] = set()
-        self.latest: dict[tuple[str, str], tuple[float, int]] = {}
-
-    def refresh(self) -> None:
-        with self._database.session() as session:
-            rows = rolling_accuracy(
-                session, since=datetime.now(UTC) - self._window, per_group_limit=self._window_predictions
-            )
-            pending = pending_counts(session)
-        for row in rows:
-            labels = {"symbol": row.symbol, "model_version": row.model_version}
-            self._metrics.model_accuracy.set(row.accuracy, labels)
-            self._metrics.model_resolved.set(row.resolved, labels)
-        for symbol, count in pending.items():
-            self._metrics.model_pending.set(count, {"symbol": symbol})
-        for symbol in set(self._published_pending) - set(pending):
-            self._metrics.model_pending.set(0, {"symbol": symbol})
-        self._published_pending = set(pending)
-        self.latest = {(r.symbol, r.model_version): (r.accuracy, r.resolved) for r in rows}
-
-    def start(self) -> None:
-        self._task.start()
-
-    def stop(self) -> None:
-        self._task.stop()
+from service.model.features import FEATURE_SET, bars_frame, feature_frame
+from service.model.manager import ModelManager
+from service.model.served_model import ServedModel
+from service.monitoring.drift import psi
+from service.serving.predictions import PredictionResult
+from service.storage.database import Database
+from service.storage.market_bars import recent_bars
+from service.telemetry.providers import Telemetry
 
 
 @dataclass(frozen=True)

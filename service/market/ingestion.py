@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.feature_store import FeatureStore
-from service.market_data import duplicate_keys, validate_bar
-from service.predictions import PredictionService
-from service.storage import BarIn, Database, upsert_bars
+from service.market.validation import duplicate_keys, validate_bar
+from service.serving.feature_store import FeatureStore
+from service.serving.predictions import PredictionService
+from service.storage.database import Database
+from service.storage.market_bars import BarIn, upsert_bars
 
 
 class InvalidBatchError(ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from service.storage import Base
+from service.storage.tables import Base
 
 engine = context.config.attributes["engine"]
 

@@ -22,9 +22,10 @@ from typing import Any, Literal
 import redis
 from cachetools import TTLCache
 
-from service.features import FEATURE_SET, latest_vector
-from service.storage import Database, recent_bars
-from service.telemetry import Telemetry
+from service.model.features import FEATURE_SET, latest_vector
+from service.storage.database import Database
+from service.storage.market_bars import recent_bars
+from service.telemetry.providers import Telemetry
 
 log = logging.getLogger(__name__)
 

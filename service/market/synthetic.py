@@ -1,9 +1,9 @@
-"""Where bars come from: a deterministic synthetic market and CSV files.
+"""A deterministic synthetic market: where bars come from on a fresh machine.
 
-The synthetic market is a seeded random walk whose returns switch between regimes (trending,
-choppy, calm), each with its own drift, volatility and autocorrelation. Bar `i` of a symbol is a
-pure function of (seed, symbol, i), so a fresh machine always gets the same history, and the
-market can be "advanced" by generating the bars after the last stored one. No network is used.
+The market is a seeded random walk whose returns switch between regimes (trending, choppy,
+calm), each with its own drift, volatility and autocorrelation. Bar `i` of a symbol is a pure
+function of (seed, symbol, i), so a fresh machine always gets the same history, and the market
+can be "advanced" by generating the bars after the last stored one. No network is used.
 
 `shift_from` injects a regime change (much higher volatility, reversed autocorrelation) from a
 given bar index on: the drift-detection tests use it to move one symbol's feature distribution.
@@ -11,16 +11,13 @@ given bar index on: the drift-detection tests use it to move one symbol's featur
 
 from __future__ import annotations
 
-import csv
 import zlib
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 
-from service.storage import BarIn
+from service.storage.market_bars import BarIn
 
 SYNTHETIC_START = date(2024, 1, 1)
 
@@ -44,7 +41,11 @@ REGIMES: tuple[Regime, ...] = (
     Regime("choppy", drift=-0.0001, volatility=0.016, autocorrelation=0.3),
     Regime("calm", drift=0.0002, volatility=0.010, autocorrelation=0.5),
 )
+
+
 SHIFTED = Regime("shifted", drift=-0.004, volatility=0.06, autocorrelation=-0.6)
+
+
 MEAN_REGIME_DAYS = 10
 
 
@@ -132,75 +133,3 @@ def next_bar_index(after: datetime) -> int:
         weekdays += current.weekday() < 5
         current += timedelta(days=1)
     return weekdays
-
-
-# --- CSV -----------------------------------------------------------------------------------------
-
-CSV_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
-
-
-class CsvFormatError(ValueError):
-    """A CSV row that cannot become a bar; carries the line number."""
-
-
-def read_csv_bars(path: Path, *, default_symbol: str | None = None) -> Iterator[BarIn]:
-    """Bars from a CSV with a header: timestamp,open,high,low,close,volume[,symbol].
-
-    Timestamps are ISO 8601 (a date alone means that day's close at 21:00 UTC).
-    """
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = [name.strip().lower() for name in reader.fieldnames or []]
-        missing = [column for column in CSV_COLUMNS if column not in header]
-        if missing:
-            raise CsvFormatError(f"{path}: missing columns {missing}; expected {list(CSV_COLUMNS)}")
-        for line_number, raw in enumerate(reader, start=2):
-            row = {key.strip().lower(): (value or "").strip() for key, value in raw.items() if key}
-            symbol = (row.get("symbol") or default_symbol or "").upper()
-            if not symbol:
-                raise CsvFormatError(f"{path}:{line_number}: no symbol column and no --symbol given")
-            try:
-                yield BarIn(
-                    symbol=symbol,
-                    ts=parse_timestamp(row["timestamp"]),
-                    open=float(row["open"]),
-                    high=float(row["high"]),
-                    low=float(row["low"]),
-                    close=float(row["close"]),
-                    volume=float(row["volume"]),
-                )
-            except ValueError as error:
-                raise CsvFormatError(f"{path}:{line_number}: {error}") from error
-
-
-def parse_timestamp(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    if len(text) == 10:  # a plain date
-        value = value.replace(hour=21)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def validate_bar(bar: BarIn) -> list[str]:
-    """What is wrong with a bar, in words; empty when it is sound. Shared by the API and the CLI."""
-    problems: list[str] = []
-    prices = {"open": bar.open, "high": bar.high, "low": bar.low, "close": bar.close}
-    problems += [f"{name} must be > 0 (got {value})" for name, value in prices.items() if not value > 0]
-    if not bar.volume >= 0:
-        problems.append(f"volume must be >= 0 (got {bar.volume})")
-    if bar.high < bar.low:
-        problems.append(f"high ({bar.high}) is below low ({bar.low})")
-    if bar.high < max(bar.open, bar.close) or bar.low > min(bar.open, bar.close):
-        problems.append("open and close must lie within [low, high]")
-    return problems
-
-
-def duplicate_keys(bars: Sequence[BarIn]) -> list[str]:
-    """(symbol, timestamp) pairs that occur more than once in one batch."""
-    seen: set[tuple[str, datetime]] = set()
-    duplicates: list[str] = []
-    for bar in bars:
-        key = (bar.symbol, bar.ts)
-        if key in seen:
-            duplicates.append(f"{bar.symbol}@{bar.ts.isoformat()}")
-        seen.add(key)
-    return duplicates

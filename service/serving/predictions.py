@@ -17,20 +17,19 @@ from typing import Literal
 import numpy as np
 from opentelemetry import trace
 
-from service.feature_store import FeatureStore
-from service.features import InsufficientHistoryError
-from service.model_registry import ModelManager, ServedModel
-from service.storage import (
-    PENDING,
-    RESOLVED,
-    Database,
-    Prediction,
+from service.model.features import InsufficientHistoryError
+from service.model.manager import ModelManager
+from service.model.served_model import ServedModel
+from service.serving.feature_store import FeatureStore
+from service.storage.database import Database
+from service.storage.prediction_rows import (
     add_prediction,
     get_prediction,
     new_prediction_id,
     resolve_due_predictions,
 )
-from service.telemetry import Telemetry
+from service.storage.tables import PENDING, RESOLVED, Prediction
+from service.telemetry.providers import Telemetry
 
 log = logging.getLogger(__name__)
 

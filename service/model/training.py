@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 from sklearn.ensemble import GradientBoostingClassifier
 
-from service.drift import ReferenceDistribution, reference_distribution
-from service.features import FEATURE_SET, bars_frame, training_frame
-from service.storage import Database, all_bars
+from service.model.features import FEATURE_SET, bars_frame, training_frame
+from service.monitoring.drift import ReferenceDistribution, reference_distribution
+from service.storage.database import Database
+from service.storage.market_bars import all_bars
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "n_estimators": 150,

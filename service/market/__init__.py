@@ -1,0 +1,1 @@
+"""Market data: the synthetic market, CSV imports, the rules every bar obeys, ingestion."""

@@ -1,0 +1,1 @@
+"""Monitoring: component health, realised accuracy, and drift against the training reference."""

@@ -1,0 +1,57 @@
+"""Realised accuracy with delayed labels: `model_accuracy`, resolved and pending counts.
+
+Runs in the background and publishes gauges; it never touches the request path.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from service.background import PeriodicTask
+from service.storage.database import Database
+from service.storage.prediction_rows import pending_counts, rolling_accuracy
+from service.telemetry.providers import Telemetry
+
+
+class OutcomeMonitor:
+    """Publishes `model_accuracy`, `model_resolved_predictions` and `model_pending_predictions`."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        telemetry: Telemetry,
+        window_predictions: int,
+        window_hours: float,
+        interval_seconds: float,
+    ) -> None:
+        self._database = database
+        self._metrics = telemetry.metrics
+        self._window_predictions = window_predictions
+        self._window = timedelta(hours=window_hours)
+        self._task = PeriodicTask("outcome-monitor", interval_seconds, self.refresh)
+        self._published_pending: set[str] = set()
+        self.latest: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def refresh(self) -> None:
+        with self._database.session() as session:
+            rows = rolling_accuracy(
+                session, since=datetime.now(UTC) - self._window, per_group_limit=self._window_predictions
+            )
+            pending = pending_counts(session)
+        for row in rows:
+            labels = {"symbol": row.symbol, "model_version": row.model_version}
+            self._metrics.model_accuracy.set(row.accuracy, labels)
+            self._metrics.model_resolved.set(row.resolved, labels)
+        for symbol, count in pending.items():
+            self._metrics.model_pending.set(count, {"symbol": symbol})
+        for symbol in set(self._published_pending) - set(pending):
+            self._metrics.model_pending.set(0, {"symbol": symbol})
+        self._published_pending = set(pending)
+        self.latest = {(r.symbol, r.model_version): (r.accuracy, r.resolved) for r in rows}
+
+    def start(self) -> None:
+        self._task.start()
+
+    def stop(self) -> None:
+        self._task.stop()

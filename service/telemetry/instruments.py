@@ -1,0 +1,102 @@
+"""Every custom instrument of the service, with its unit, description and bucket layout.
+
+Names follow OpenTelemetry style (`prediction.duration`, unit `s`) and translate to the Prometheus
+names of docs/telemetry.md (`prediction_duration_seconds`). Ratio-like values (confidence,
+accuracy, status gauges) deliberately have no unit: unit `1` would add a `_ratio` suffix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from opentelemetry import metrics
+
+# Seconds. 2 s and 5 s are the seed's latency SLO / alert thresholds, so they are boundaries and
+# `histogram_quantile` is exact there; below 10 ms the L1-hit path lives.
+LATENCY_BUCKETS: Sequence[float] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
+
+
+# Probability of the predicted class is never below 0.5 for a binary model.
+CONFIDENCE_BUCKETS: Sequence[float] = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
+
+
+COMPUTATION_BUCKETS: Sequence[float] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+
+
+class ServiceMetrics:
+    """Every custom instrument of the service, created once per meter provider."""
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.predictions = meter.create_counter(
+            "predictions", unit="{prediction}", description="Predictions served."
+        )
+        self.prediction_duration = meter.create_histogram(
+            "prediction.duration",
+            unit="s",
+            description="Server-side time of one prediction, end to end.",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS,
+        )
+        self.prediction_confidence = meter.create_histogram(
+            "prediction.confidence",
+            description="Probability of the predicted class.",
+            explicit_bucket_boundaries_advisory=CONFIDENCE_BUCKETS,
+        )
+        self.prediction_errors = meter.create_counter(
+            "prediction.errors", unit="{error}", description="Failed prediction requests, by reason."
+        )
+        self.model_accuracy = meter.create_gauge(
+            "model.accuracy", description="Share right over the rolling window of resolved predictions."
+        )
+        self.model_resolved = meter.create_gauge(
+            "model.resolved_predictions",
+            unit="{prediction}",
+            description="Resolved predictions inside the accuracy window.",
+        )
+        self.model_pending = meter.create_gauge(
+            "model.pending_predictions",
+            unit="{prediction}",
+            description="Predictions whose outcome is not known yet.",
+        )
+        self.model_info = meter.create_gauge("model.info", description="The model version served (value 1).")
+        self.model_reloads = meter.create_counter(
+            "model.reloads", unit="{reload}", description="Champion model loads, by outcome."
+        )
+        self.model_feature_importance = meter.create_gauge(
+            "model.feature_importance", description="Importance of each feature in the served model."
+        )
+        self.model_drift_score = meter.create_gauge(
+            "model.drift_score", description="Largest feature PSI of the served window vs training."
+        )
+        self.model_feature_drift = meter.create_gauge(
+            "model.feature_drift", description="PSI of one feature's served window vs training."
+        )
+        self.model_prediction_drift = meter.create_gauge(
+            "model.prediction_drift", description="PSI of the served confidence vs training."
+        )
+        self.feature_store_hits = meter.create_counter(
+            "feature_store.hits", unit="{lookup}", description="Feature lookups answered by a cache level."
+        )
+        self.feature_store_misses = meter.create_counter(
+            "feature_store.misses", unit="{lookup}", description="Feature lookups that computed features."
+        )
+        self.feature_computation_duration = meter.create_histogram(
+            "feature.computation.duration",
+            unit="s",
+            description="Time to compute one symbol's features from the database.",
+            explicit_bucket_boundaries_advisory=COMPUTATION_BUCKETS,
+        )
+        self.database_operations = meter.create_counter(
+            "database.operations", unit="{operation}", description="SQL operations issued by the service."
+        )
+        self.redis_status = meter.create_gauge(
+            "redis.connection.status", description="1 when Redis answers, 0 when not."
+        )
+        self.database_status = meter.create_gauge(
+            "database.connection.status", description="1 when the database answers, 0 when not."
+        )
+        self.mlflow_status = meter.create_gauge(
+            "mlflow.connection.status", description="1 when the model registry answers, 0 when not."
+        )
+        self.health_status = meter.create_gauge(
+            "service.health.status", description="2 ok, 1 degraded, 0 cannot predict."
+        )

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     DRIFT_MIN_EFFECTIVE_SAMPLES: float = Field(default=50, gt=0)
     MONITOR_INTERVAL_SECONDS: float = Field(default=5.0, gt=0)
 
+    # The prediction log's local spool (DATA_DIR/prediction-log): rows wait here, durable, for the
+    # database. The bound decides how long a database outage can last before /predict answers
+    # 503: about 330 bytes a row, so 64 MiB holds some 200,000 predictions.
+    PREDICTION_LOG_MAX_BYTES: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    PREDICTION_LOG_BATCH_ROWS: int = Field(default=128, gt=0, le=5000)  # rows per transaction
+    PREDICTION_LOG_DEGRADED_AFTER_SECONDS: float = Field(default=10.0, gt=0)  # oldest row older: degraded
+    SHUTDOWN_FLUSH_SECONDS: float = Field(default=5.0, ge=0)  # last try to empty the spool on SIGTERM
+
     SEED: int = 42
     SEED_DAYS: int = Field(default=500, ge=80)
     BOOTSTRAP: bool = True  # migrate, seed an empty database, train when no champion exists
@@ -85,6 +93,11 @@ class Settings(BaseSettings):
         if not self.MLFLOW_ARTIFACT_ROOT:
             self.MLFLOW_ARTIFACT_ROOT = (data_dir / "mlartifacts").as_uri()
         return self
+
+    @property
+    def prediction_log_dir(self) -> Path:
+        """The spools of every worker process (one directory each) and the quarantine."""
+        return self.DATA_DIR.resolve() / "prediction-log"
 
     @property
     def model_cache_dir(self) -> Path:

@@ -25,6 +25,7 @@ from service.serving.predictions import PredictionService
 from service.storage.database import Database
 from service.storage.market_bars import count_bars, upsert_bars
 from service.storage.migrations import upgrade_to_head
+from service.storage.prediction_log import PredictionLog
 from service.telemetry.instrumentation import instrument_engine, instrument_redis_client
 from service.telemetry.providers import Telemetry, noop_telemetry
 
@@ -44,6 +45,7 @@ class Container:
     feature_store: FeatureStore
     registry: ModelRegistry
     models: ModelManager
+    prediction_log: PredictionLog
     predictions: PredictionService
     health: HealthMonitor
     outcomes: OutcomeMonitor
@@ -51,6 +53,8 @@ class Container:
     _started: list[Stoppable] = field(default_factory=list)
 
     def start_background(self) -> None:
+        """Everything serving needs running: the prediction log first, then the periodic tasks."""
+        self.prediction_log.start()
         for task in (self.health, self.outcomes, self.drift):
             task.start()
             self._started.append(task)
@@ -61,6 +65,7 @@ class Container:
         for task in reversed(self._started):
             task.stop()
         self._started.clear()
+        self.prediction_log.close(flush_seconds=self.settings.SHUTDOWN_FLUSH_SECONDS)
         if self.redis_client is not None:
             self.redis_client.close()
         self.database.dispose()
@@ -93,10 +98,19 @@ def build_container(settings: Settings, telemetry: Telemetry | None = None) -> C
         min_effective_samples=settings.DRIFT_MIN_EFFECTIVE_SAMPLES,
         interval_seconds=settings.MONITOR_INTERVAL_SECONDS,
     )
+    prediction_log = PredictionLog(
+        root=settings.prediction_log_dir,
+        database=database,
+        telemetry=telemetry,
+        max_bytes=settings.PREDICTION_LOG_MAX_BYTES,
+        batch_rows=settings.PREDICTION_LOG_BATCH_ROWS,
+        degraded_after_seconds=settings.PREDICTION_LOG_DEGRADED_AFTER_SECONDS,
+    )
     predictions = PredictionService(
         database=database,
         feature_store=feature_store,
         models=models,
+        prediction_log=prediction_log,
         telemetry=telemetry,
         on_served=[drift.observe],
     )
@@ -108,9 +122,11 @@ def build_container(settings: Settings, telemetry: Telemetry | None = None) -> C
         feature_store=feature_store,
         registry=registry,
         models=models,
+        prediction_log=prediction_log,
         predictions=predictions,
         health=HealthMonitor(
             database=database,
+            prediction_log=prediction_log,
             redis_client=redis_client,
             registry=registry,
             models=models,

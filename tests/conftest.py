@@ -87,9 +87,10 @@ def settings(data_dir: Path) -> Settings:
 
 @pytest.fixture
 def container(settings: Settings) -> Iterator[Container]:
-    """A bootstrapped container without background threads, for direct use of components."""
+    """A bootstrapped container with its prediction log running but no periodic tasks."""
     built = build_container(settings)
     bootstrap(built)
+    built.prediction_log.start()
     yield built
     built.close()
 

@@ -22,10 +22,13 @@ from service.serving.predictions import (
     PredictionNotFoundError,
     UnknownSymbolError,
 )
+from service.storage.prediction_log import PredictionLogClosedError, PredictionLogFullError
 
 log = logging.getLogger(__name__)
 
 PREDICTION_PATHS = frozenset({"/predict", "/predict/batch"})
+# A full prediction log empties at the database's pace once it is back; a minute is a fair wait.
+LOG_FULL_RETRY_AFTER_SECONDS = 60
 
 
 def _error(status_code: int, detail: str, **extra: Any) -> JSONResponse:
@@ -58,6 +61,18 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModelUnavailableError)
     async def no_model(_: Request, error: ModelUnavailableError) -> JSONResponse:
         return _error(status.HTTP_503_SERVICE_UNAVAILABLE, str(error))
+
+    @app.exception_handler(PredictionLogFullError)
+    async def log_full(_: Request, error: PredictionLogFullError) -> JSONResponse:
+        response = _error(status.HTTP_503_SERVICE_UNAVAILABLE, str(error))
+        response.headers["Retry-After"] = str(LOG_FULL_RETRY_AFTER_SECONDS)
+        return response
+
+    @app.exception_handler(PredictionLogClosedError)
+    async def shutting_down(_: Request, error: PredictionLogClosedError) -> JSONResponse:
+        response = _error(status.HTTP_503_SERVICE_UNAVAILABLE, str(error))
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.exception_handler(OperationalError)
     async def database_down(request: Request, error: OperationalError) -> JSONResponse:

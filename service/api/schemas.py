@@ -145,10 +145,13 @@ class PredictionRecord(BaseModel):
     correct: bool | None
     resolved_at: datetime | None
     resolution_source: str | None
+    stored_in: Literal["database", "spool"] = Field(
+        description="`spool` while the row waits in the local durable spool for the database."
+    )
 
 
 class ComponentOut(BaseModel):
-    status: Literal["up", "down", "disabled"]
+    status: Literal["up", "degraded", "down", "disabled"]
     latency_ms: float | None
     detail: str | None
 

@@ -54,6 +54,8 @@ def ingest(
     predictions: PredictionService | None = None,
 ) -> IngestResult:
     check_batch(bars)
+    if predictions is not None:
+        predictions.flush_log()  # this process's spooled rows first, so the bars resolve them here
     with database.session() as session:
         stored = upsert_bars(session, bars=bars)
     symbols = sorted({bar.symbol for bar in bars})

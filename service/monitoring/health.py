@@ -1,8 +1,9 @@
 """Component health, checked in the background and read by `/health` and the status gauges.
 
-Overall status: `down` when the service cannot predict (no model, or no database to log to),
-`degraded` when a dependency is down but predictions are still served (Redis: L1 and computation
-take over; MLflow: the loaded model keeps serving), `ok` otherwise.
+Overall status: `down` when the service cannot predict (no model, or the prediction log's spool
+is full), `degraded` when a dependency is down or the log is spooling but predictions are still
+served (database: rows wait in the spool, features come from L1 and Redis; Redis: L1 and
+computation take over; MLflow: the loaded model keeps serving), `ok` otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from service.background import PeriodicTask
 from service.model.manager import ModelManager
 from service.model.registry import ModelRegistry
 from service.storage.database import Database
+from service.storage.prediction_log import PredictionLog
 from service.telemetry.providers import Telemetry
 
 Status = Literal["ok", "degraded", "down"]
@@ -31,6 +33,7 @@ class ComponentHealth:
     latency_ms: float | None = None
     detail: str | None = None
     configured: bool = True
+    degraded: bool = False  # up, but not as it should be (the prediction log while spooling)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class HealthMonitor:
         self,
         *,
         database: Database,
+        prediction_log: PredictionLog,
         redis_client: redis.Redis | None,
         registry: ModelRegistry,
         models: ModelManager,
@@ -67,6 +71,7 @@ class HealthMonitor:
         interval_seconds: float,
     ) -> None:
         self._database = database
+        self._prediction_log = prediction_log
         self._redis = redis_client
         self._registry = registry
         self._models = models
@@ -81,6 +86,7 @@ class HealthMonitor:
     def check_now(self) -> HealthReport:
         components = {
             "database": timed_check(self._database.ping),
+            "prediction_log": self._prediction_log_health(),
             "redis": self._redis_health(),
             "mlflow": timed_check(self._registry.ping),
             "model": self._model_health(),
@@ -95,6 +101,16 @@ class HealthMonitor:
         if client is None:
             return ComponentHealth(up=False, detail="REDIS_URL not set: L1 cache only", configured=False)
         return timed_check(client.ping)
+
+    def _prediction_log_health(self) -> ComponentHealth:
+        status = self._prediction_log.status()
+        detail = (
+            f"{status.spool_rows} rows ({status.spool_bytes} of {status.capacity_bytes} bytes) "
+            f"wait in the spool, the oldest {status.oldest_age_seconds:.1f} s"
+        )
+        if status.state == "down":
+            return ComponentHealth(up=False, detail=f"spool full: {detail}; predictions answer 503")
+        return ComponentHealth(up=True, detail=detail, degraded=status.state == "degraded")
 
     def _model_health(self) -> ComponentHealth:
         model = self._models.current
@@ -119,8 +135,8 @@ class HealthMonitor:
 
 
 def overall(components: dict[str, ComponentHealth]) -> Status:
-    if not components["model"].up or not components["database"].up:
+    if not components["model"].up or not components["prediction_log"].up:
         return "down"
-    if any(not c.up for c in components.values() if c.configured):
+    if any(not c.up or c.degraded for c in components.values() if c.configured):
         return "degraded"
     return "ok"

@@ -1,8 +1,10 @@
 """Serving predictions and learning their outcomes.
 
-`PredictionService.predict` looks up features, asks the served model, logs the prediction with
-the id of the trace that made it, and records the prediction metrics. Outcomes arrive later: when
-newer bars are ingested (`resolve_due`) or through explicit feedback (`record_feedback`).
+`PredictionService.predict` looks up features, asks the served model, hands the prediction (with
+the id of the trace that made it) to the prediction log, which returns once the row is durable,
+and records the prediction metrics. Outcomes arrive later: when newer bars are ingested
+(`resolve_due`) or through explicit feedback (`record_feedback`). A prediction can be read back
+(and given feedback) while the log still holds it in its local spool.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -22,10 +24,18 @@ from service.model.manager import ModelManager
 from service.model.served_model import ServedModel
 from service.serving.feature_store import FeatureStore
 from service.storage.database import Database
+from service.storage.prediction_log import (
+    LoggedFeedback,
+    LoggedPrediction,
+    PredictionLog,
+    PredictionLogClosedError,
+    PredictionLogFullError,
+    SpooledPrediction,
+)
 from service.storage.prediction_rows import (
-    add_prediction,
     get_prediction,
     new_prediction_id,
+    resolve_by_feedback,
     resolve_due_predictions,
 )
 from service.storage.tables import PENDING, RESOLVED, Prediction
@@ -34,6 +44,7 @@ from service.telemetry.providers import Telemetry
 log = logging.getLogger(__name__)
 
 Direction = Literal["up", "down"]
+RESOLVE_FLUSH_SECONDS = 2.0
 
 
 class UnknownSymbolError(LookupError):
@@ -84,10 +95,12 @@ class PredictionService:
         database: Database,
         feature_store: FeatureStore,
         models: ModelManager,
+        prediction_log: PredictionLog,
         telemetry: Telemetry,
         on_served: Sequence[ServedListener] = (),
     ) -> None:
         self._database = database
+        self._log = prediction_log
         self._features = feature_store
         self._models = models
         self._telemetry = telemetry
@@ -113,27 +126,45 @@ class PredictionService:
         return model
 
     def predict(self, symbol: str, *, model: ServedModel | None = None) -> PredictionResult:
-        model = model or self.require_known([symbol])
-        started = time.perf_counter()
-        labels = {"symbol": symbol, "model_version": model.version}
-        metrics = self._telemetry.metrics
+        return self.predict_many([symbol], model=model)[0]
+
+    def predict_many(
+        self, symbols: Sequence[str], *, model: ServedModel | None = None
+    ) -> list[PredictionResult]:
+        """Predict every symbol, then log all rows as one durable record: all or nothing.
+
+        The answer exists only once its rows are in the prediction log's spool; any failure
+        before that leaves no row behind.
+        """
+        model = model or self.require_known(list(symbols))
+        results: list[PredictionResult] = []
+        started: list[float] = []
+        for symbol in symbols:
+            started.append(time.perf_counter())
+            try:
+                results.append(self._predict(symbol, model))
+            except Exception as error:
+                self._record_failure(symbol, model, started[-1], _failure_reason(error))
+                raise
         try:
-            result = self._predict(symbol, model)
-        except InsufficientHistoryError:
-            self._record_failure(labels, started, "no_data")
+            self._log.append([_logged(result) for result in results])
+        except Exception as error:
+            for result, began in zip(results, started, strict=True):
+                self._record_failure(result.symbol, model, began, _failure_reason(error))
             raise
-        except ModelUnavailableError:
-            self._record_failure(labels, started, "model_unavailable")
-            raise
-        except Exception:
-            self._record_failure(labels, started, "internal")
-            raise
+        finished = time.perf_counter()
+        for result, began in zip(results, started, strict=True):
+            self._record_success(result, model, finished - began)
+        return results
+
+    def _record_success(self, result: PredictionResult, model: ServedModel, seconds: float) -> None:
+        metrics = self._telemetry.metrics
+        labels = {"symbol": result.symbol, "model_version": model.version}
         metrics.predictions.add(1, labels)
         metrics.prediction_confidence.record(result.confidence, labels)
-        metrics.prediction_duration.record(time.perf_counter() - started, {**labels, "outcome": "success"})
+        metrics.prediction_duration.record(seconds, {**labels, "outcome": "success"})
         for listener in self._listeners:
             listener(result, model)
-        return result
 
     def _predict(self, symbol: str, model: ServedModel) -> PredictionResult:
         lookup = self._features.get(symbol)
@@ -149,7 +180,7 @@ class PredictionService:
                 span.set_attribute("model.version", model.version)
                 span.set_attribute("prediction.probability_up", probability_up)
         direction: Direction = "up" if probability_up >= 0.5 else "down"
-        result = PredictionResult(
+        return PredictionResult(
             prediction_id=new_prediction_id(),
             symbol=symbol,
             direction=direction,
@@ -165,56 +196,144 @@ class PredictionService:
             created_at=datetime.now(UTC),
             features=dict(zip(vector.names, vector.values, strict=True)),
         )
-        with self._database.session() as session:
-            add_prediction(session, _row(result))
-        return result
 
-    def _record_failure(self, labels: dict[str, str], started: float, reason: str) -> None:
+    def _record_failure(self, symbol: str, model: ServedModel, started: float, reason: str) -> None:
         metrics = self._telemetry.metrics
+        labels = {"symbol": symbol, "model_version": model.version, "outcome": "error"}
         metrics.prediction_errors.add(1, {"reason": reason})
-        metrics.prediction_duration.record(time.perf_counter() - started, {**labels, "outcome": "error"})
+        metrics.prediction_duration.record(time.perf_counter() - started, labels)
 
     # --- outcomes --------------------------------------------------------------------------------
+
+    def flush_log(self) -> bool:
+        """Give rows this process still spools a moment (RESOLVE_FLUSH_SECONDS) to reach the database.
+
+        Ingestion calls it before storing bars, so that the bars resolve those rows in the same call;
+        rows it misses (another worker's, or all while the database lags) are resolved by the
+        prediction log's writer as they land.
+        """
+        return self._log.flush(timeout=RESOLVE_FLUSH_SECONDS)
 
     def resolve_due(self, symbols: list[str]) -> int:
         """Resolve pending predictions of these symbols whose next bar is now stored."""
         with self._database.session() as session:
             return resolve_due_predictions(session, symbols=symbols, now=datetime.now(UTC))
 
-    def record_feedback(self, prediction_id: str, actual_direction: Direction) -> Prediction:
-        """Record a realised outcome explicitly; repeating the same outcome is harmless."""
+    def record_feedback(self, prediction_id: str, actual_direction: Direction) -> PredictionView:
+        """Record a realised outcome explicitly; repeating the same outcome is harmless.
+
+        A prediction still in the prediction log's spool gets its feedback spooled after it.
+        """
+        spooled = self._log.find(prediction_id)
+        if spooled is None and (elsewhere := self._log.find_elsewhere(prediction_id)) is not None:
+            spooled = SpooledPrediction(elsewhere, None)
+        if spooled is not None:
+            return self._spool_feedback(spooled, actual_direction)
         with self._database.session() as session:
+            now = datetime.now(UTC)
+            if resolve_by_feedback(session, prediction_id=prediction_id, actual=actual_direction, now=now):
+                row = get_prediction(session, prediction_id=prediction_id)
+                assert row is not None
+                return PredictionView.from_row(row)
             row = get_prediction(session, prediction_id=prediction_id)
             if row is None:
                 raise PredictionNotFoundError(f"no prediction with id {prediction_id}")
-            if row.status == RESOLVED:
-                if row.actual_direction != actual_direction:
-                    raise ConflictingFeedbackError(
-                        f"prediction {prediction_id} was already resolved as {row.actual_direction!r}"
-                    )
-                return row
-            row.status = RESOLVED
-            row.actual_direction = actual_direction
-            row.correct = actual_direction == row.direction
-            row.resolved_at = datetime.now(UTC)
-            row.resolution_source = "feedback"
-            return row
+            if row.actual_direction != actual_direction:
+                raise ConflictingFeedbackError(
+                    f"prediction {prediction_id} was already resolved as {row.actual_direction!r}"
+                )
+            return PredictionView.from_row(row)
 
-    def get(self, prediction_id: str) -> Prediction:
+    def _spool_feedback(self, spooled: SpooledPrediction, actual: Direction) -> PredictionView:
+        previous = spooled.feedback
+        if previous is not None:
+            if previous.actual_direction != actual:
+                raise ConflictingFeedbackError(
+                    f"prediction {spooled.row.id} was already resolved as {previous.actual_direction!r}"
+                )
+            return PredictionView.from_spool(spooled.row, previous)
+        feedback = LoggedFeedback(spooled.row.id, actual, datetime.now(UTC), time.time())
+        self._log.append_feedback(feedback)
+        return PredictionView.from_spool(spooled.row, feedback)
+
+    def get(self, prediction_id: str) -> PredictionView:
+        """A prediction wherever it is now: this process's spool, the database, another spool."""
+        spooled = self._log.find(prediction_id)
+        if spooled is not None:
+            return PredictionView.from_spool(spooled.row, spooled.feedback)
         with self._database.session() as session:
             row = get_prediction(session, prediction_id=prediction_id)
-        if row is None:
-            raise PredictionNotFoundError(f"no prediction with id {prediction_id}")
-        return row
+            if row is not None:
+                return PredictionView.from_row(row)
+        elsewhere = self._log.find_elsewhere(prediction_id)
+        if elsewhere is not None:
+            return PredictionView.from_spool(elsewhere, None)
+        raise PredictionNotFoundError(f"no prediction with id {prediction_id}")
 
 
-def current_trace_id() -> str | None:
-    context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
+@dataclass(frozen=True)
+class PredictionView:
+    """A logged prediction as callers see it, wherever it is stored right now."""
+
+    id: str
+    created_at: datetime
+    symbol: str
+    as_of: datetime
+    direction: str
+    confidence: float
+    probability_up: float
+    model_name: str
+    model_version: str
+    feature_set_version: str
+    trace_id: str | None
+    status: str
+    actual_direction: str | None
+    correct: bool | None
+    resolved_at: datetime | None
+    resolution_source: str | None
+    stored_in: Literal["database", "spool"]
+
+    @classmethod
+    def from_row(cls, row: Prediction) -> PredictionView:
+        return cls(
+            id=row.id,
+            created_at=row.created_at,
+            symbol=row.symbol,
+            as_of=row.as_of,
+            direction=row.direction,
+            confidence=row.confidence,
+            probability_up=row.probability_up,
+            model_name=row.model_name,
+            model_version=row.model_version,
+            feature_set_version=row.feature_set_version,
+            trace_id=row.trace_id,
+            status=row.status,
+            actual_direction=row.actual_direction,
+            correct=row.correct,
+            resolved_at=row.resolved_at,
+            resolution_source=row.resolution_source,
+            stored_in="database",
+        )
+
+    @classmethod
+    def from_spool(cls, row: LoggedPrediction, feedback: LoggedFeedback | None) -> PredictionView:
+        resolved = feedback is not None
+        return cls(
+            **{name: getattr(row, name) for name in LOGGED_FIELDS},
+            status=RESOLVED if resolved else PENDING,
+            actual_direction=feedback.actual_direction if feedback else None,
+            correct=(feedback.actual_direction == row.direction) if feedback else None,
+            resolved_at=feedback.resolved_at if feedback else None,
+            resolution_source="feedback" if resolved else None,
+            stored_in="spool",
+        )
 
 
-def _row(result: PredictionResult) -> Prediction:
-    return Prediction(
+LOGGED_FIELDS = tuple(f.name for f in fields(LoggedPrediction))
+
+
+def _logged(result: PredictionResult) -> LoggedPrediction:
+    return LoggedPrediction(
         id=result.prediction_id,
         created_at=result.created_at,
         symbol=result.symbol,
@@ -226,5 +345,22 @@ def _row(result: PredictionResult) -> Prediction:
         model_version=result.model_version,
         feature_set_version=result.feature_set_version,
         trace_id=result.trace_id,
-        status=PENDING,
     )
+
+
+def _failure_reason(error: BaseException) -> str:
+    """The bounded `reason` label of prediction_errors_total for an exception."""
+    if isinstance(error, InsufficientHistoryError):
+        return "no_data"
+    if isinstance(error, ModelUnavailableError):
+        return "model_unavailable"
+    if isinstance(error, PredictionLogFullError):
+        return "log_full"
+    if isinstance(error, PredictionLogClosedError):
+        return "shutting_down"
+    return "internal"
+
+
+def current_trace_id() -> str | None:
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None

@@ -23,12 +23,29 @@ def new_prediction_id() -> str:
     return str(uuid.uuid4())
 
 
-def add_prediction(session: Session, prediction: Prediction) -> None:
-    session.add(prediction)
-
-
 def get_prediction(session: Session, *, prediction_id: str) -> Prediction | None:
     return session.get(Prediction, prediction_id)
+
+
+def resolve_by_feedback(session: Session, *, prediction_id: str, actual: str, now: datetime) -> bool:
+    """Resolve a pending row with an explicit outcome; False when it is missing or resolved already.
+
+    One conditional UPDATE, so feedback and bar-driven resolution can never both resolve a row:
+    whichever commits first wins, the other changes nothing.
+    """
+    result = session.execute(
+        update(Prediction)
+        .where(Prediction.id == prediction_id, Prediction.status == PENDING)
+        .values(
+            status=RESOLVED,
+            actual_direction=actual,
+            correct=Prediction.direction == actual,
+            resolved_at=now,
+            resolution_source="feedback",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
 
 
 def resolve_due_predictions(session: Session, *, symbols: Sequence[str], now: datetime) -> int:

@@ -10,8 +10,9 @@ def test_health_reports_every_component(api: TestClient) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"
-    assert set(body["components"]) == {"database", "redis", "mlflow", "model"}
+    assert set(body["components"]) == {"database", "prediction_log", "redis", "mlflow", "model"}
     assert body["components"]["database"]["status"] == "up"
+    assert body["components"]["prediction_log"]["status"] == "up"
     assert body["components"]["redis"]["status"] == "disabled"
     assert body["components"]["model"]["status"] == "up"
 

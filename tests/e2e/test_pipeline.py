@@ -1,7 +1,8 @@
 """The service's telemetry, end to end through real processes (see tests/e2e/conftest.py).
 
 1. every service metric of docs/telemetry.md reaches Prometheus with job="prediction-api";
-2. exemplars on prediction_duration_seconds lead to whole traces (server, Redis and SQL spans),
+2. exemplars on prediction_duration_seconds lead to whole traces (server and Redis spans, and the
+   prediction log's write span with its SQL, linked to the server span),
    as captured by the collector and as exported on its Tempo path;
 3. the scrape path and the remote-write path store the same metric names and label keys;
 4. a regime shift in one symbol, served day by day, raises its drift score above 0.2 (others stay
@@ -194,31 +195,60 @@ def _is_server(span: dict[str, Any]) -> bool:
     return span.get("kind") in (SPAN_KIND_SERVER, "SPAN_KIND_SERVER")
 
 
-def trace_problems(spans: list[dict[str, Any]]) -> list[str]:
-    """What a prediction trace lacks: one SERVER root, Redis and SQL spans below it."""
+def _descends_from(span: dict[str, Any], ancestor: str, by_id: dict[str, dict[str, Any]]) -> bool:
+    seen: set[str] = set()
+    parent = span.get("parentSpanId", "")
+    while parent and parent not in seen:
+        if parent == ancestor:
+            return True
+        seen.add(parent)
+        parent = by_id.get(parent, {}).get("parentSpanId", "")
+    return False
+
+
+def _linked_writes(
+    root: dict[str, Any], all_spans: dict[str, list[dict[str, Any]]]
+) -> list[list[dict[str, Any]]]:
+    """The traces of `prediction_log.write` spans that link to this request's server span."""
+    found = []
+    for spans in all_spans.values():
+        for span in spans:
+            links = span.get("links", [])
+            if span.get("name") == "prediction_log.write" and any(
+                link.get("spanId", "").lower() == root["spanId"].lower() for link in links
+            ):
+                found.append(
+                    [s for s in spans if _descends_from(s, span["spanId"], {x["spanId"]: x for x in spans})]
+                )
+    return found
+
+
+def trace_problems(spans: list[dict[str, Any]], all_spans: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """What a prediction trace lacks: one SERVER root with Redis spans below it, and SQL.
+
+    The prediction's row is written off the request path by the prediction log's writer, in a
+    `prediction_log.write` span linking to the server span; its SQL spans count for the request
+    (a request that computed features also has SQL spans of its own, below the server span).
+    """
     by_id = {span["spanId"]: span for span in spans}
     servers = [span for span in spans if _is_server(span)]
     if len(servers) != 1:
         return [f"{len(servers)} SERVER spans"]
-    root = servers[0]["spanId"]
-
-    def under_root(span: dict[str, Any]) -> bool:
-        seen: set[str] = set()
-        parent = span.get("parentSpanId", "")
-        while parent and parent not in seen:
-            if parent == root:
-                return True
-            seen.add(parent)
-            parent = by_id.get(parent, {}).get("parentSpanId", "")
-        return False
-
+    root = servers[0]
     problems = []
-    for system, wanted in (("redis", {"redis"}), ("SQL", {"postgresql"})):
-        matching = [s for s in spans if _db_system(s) in wanted]
-        if not matching:
-            problems.append(f"no {system} span")
-        elif not all(under_root(s) for s in matching):
-            problems.append(f"a {system} span is not a descendant of the SERVER span")
+    redis = [s for s in spans if _db_system(s) == "redis"]
+    if not redis:
+        problems.append("no redis span")
+    elif not all(_descends_from(s, root["spanId"], by_id) for s in redis):
+        problems.append("a redis span is not a descendant of the SERVER span")
+    own_sql = [s for s in spans if _db_system(s) == "postgresql"]
+    if own_sql and not all(_descends_from(s, root["spanId"], by_id) for s in own_sql):
+        problems.append("a SQL span is not a descendant of the SERVER span")
+    writes = _linked_writes(root, all_spans)
+    if not writes:
+        problems.append("no prediction_log.write span links to the SERVER span")
+    elif not any(_db_system(s) == "postgresql" for write in writes for s in write):
+        problems.append("the linked prediction_log.write span has no SQL span")
     return problems
 
 
@@ -243,7 +273,7 @@ def test_exemplars_lead_to_complete_traces(pipeline: Pipeline, traffic: dict[str
         exported = pipeline.tempo.trace_ids()
         problems = {}
         for tid in trace_ids:
-            found = trace_problems(spans[tid]) if tid in spans else ["not in the capture file"]
+            found = trace_problems(spans[tid], spans) if tid in spans else ["not in the capture file"]
             problems[tid] = found + ([] if tid in exported else ["not exported to Tempo"])
         return bool(trace_ids) and not any(problems.values())
 

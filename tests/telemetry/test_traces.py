@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from service.config import Settings
 from tests.conftest import make_settings
-from tests.harness import Server
+from tests.harness import Server, wait_until
 from tests.telemetry import (
     Recorded,
     collect,
@@ -126,15 +126,43 @@ def test_a_prediction_is_one_trace_with_every_step_below_the_server_span(
         assert span.kind is SpanKind.CLIENT
         assert _is_descendant(span, lookup, spans), f"Redis span {span.name} outside the lookup"
     sql = [s for s in spans if _attrs(s).get("db.system") == "sqlite"]
-    inserts = [s for s in sql if str(_attrs(s).get("db.statement")).startswith("INSERT INTO predictions")]
-    assert len(inserts) == 1, [s.attributes for s in sql]
-    assert _parent_id(inserts[0]) == server.context.span_id
+    assert not [s for s in sql if _is_prediction_insert(s)], "the log write is off the request path"
     assert any(_is_descendant(s, compute, spans) for s in sql), "the bars query belongs to features.compute"
+
+    # The row is written by the prediction log's writer, in a span of its own that links back.
+    write = _wait_for_log_write(recorded, server)
+    assert write.kind is SpanKind.INTERNAL
+    assert _attrs(write)["prediction_log.rows"] >= 1
+    write_trace = trace_of(recorded.exporter, write.context.trace_id)
+    inserts = [s for s in write_trace if _is_prediction_insert(s)]
+    assert len(inserts) == 1, [s.attributes for s in write_trace]
+    assert _parent_id(inserts[0]) == write.context.span_id
 
     # Nothing the request did leaked into another trace.
     request_names = {"feature_store.lookup", "features.compute", "model.inference"}
     strays = [s for s in recorded.exporter.get_finished_spans() if s.name in request_names and s not in spans]
     assert not strays
+
+
+def _is_prediction_insert(span: ReadableSpan) -> bool:
+    return str(_attrs(span).get("db.statement")).startswith("INSERT INTO predictions")
+
+
+def _wait_for_log_write(recorded: Recorded, server: ReadableSpan) -> ReadableSpan:
+    """The writer's span whose links include the request's server span (it drains within ms)."""
+    found: list[ReadableSpan] = []
+
+    def written() -> bool:
+        found[:] = [
+            span
+            for span in recorded.exporter.get_finished_spans()
+            if span.name == "prediction_log.write"
+            and any(link.context.span_id == server.context.span_id for link in span.links)
+        ]
+        return bool(found)
+
+    wait_until(written, timeout=10, what="the prediction log's write span linking the request")
+    return found[0]
 
 
 def test_redis_and_l1_hits_are_traced_as_such(

@@ -16,7 +16,6 @@ from service.storage.database import Database
 from service.storage.market_bars import BarIn, UpsertResult, count_bars, last_bar, recent_bars, upsert_bars
 from service.storage.migrations import upgrade_to_head
 from service.storage.prediction_rows import (
-    add_prediction,
     get_prediction,
     new_prediction_id,
     pending_counts,
@@ -76,8 +75,7 @@ def add(
 ) -> str:
     prediction_id = new_prediction_id()
     with database.session() as session:
-        add_prediction(
-            session,
+        session.add(
             Prediction(
                 id=prediction_id,
                 created_at=as_of + timedelta(minutes=5),

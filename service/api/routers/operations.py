@@ -15,7 +15,9 @@ router = APIRouter(tags=["operations"])
 
 
 def _component(health: ComponentHealth) -> ComponentOut:
-    state: Literal["up", "down", "disabled"] = "up" if health.up else "down"
+    state: Literal["up", "degraded", "down", "disabled"] = "up" if health.up else "down"
+    if health.up and health.degraded:
+        state = "degraded"
     if not health.configured:
         state = "disabled"
     return ComponentOut(status=state, latency_ms=health.latency_ms, detail=health.detail)

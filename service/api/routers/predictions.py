@@ -24,7 +24,11 @@ router = APIRouter(tags=["predictions"])
 ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "Unknown symbol; the message lists the known ones."},
     409: {"model": ErrorOut, "description": "Not enough bars to compute features."},
-    503: {"model": ErrorOut, "description": "No model loaded or the database is unavailable."},
+    503: {
+        "model": ErrorOut,
+        "description": "No model loaded, the prediction log is full (the database has been "
+        "unreachable for long), or the service is shutting down; nothing was recorded.",
+    },
 }
 
 
@@ -40,16 +44,15 @@ def predict(body: PredictRequest, predictions: PredictionsDep) -> PredictionOut:
 
 @router.post("/predict/batch", operation_id="predict_batch", responses=ERRORS)
 def predict_batch(body: BatchPredictRequest, container: ContainerDep) -> BatchPredictionOut:
-    """Predictions for several symbols; every symbol is checked before any is served."""
+    """Predictions for several symbols, all or nothing: every symbol is checked before any is
+    served, and the rows are logged together once all are computed."""
     limit = container.settings.MAX_BATCH_SYMBOLS
     if len(body.symbols) > limit:
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE, f"{len(body.symbols)} symbols in one batch; at most {limit}"
         )
-    model = container.predictions.require_known(body.symbols)
-    return BatchPredictionOut(
-        predictions=[_out(container.predictions.predict(symbol, model=model)) for symbol in body.symbols]
-    )
+    results = container.predictions.predict_many(body.symbols)
+    return BatchPredictionOut(predictions=[_out(result) for result in results])
 
 
 @router.post(

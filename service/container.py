@@ -25,7 +25,7 @@ from service.serving.predictions import PredictionService
 from service.storage.database import Database
 from service.storage.market_bars import count_bars, upsert_bars
 from service.storage.migrations import upgrade_to_head
-from service.storage.prediction_log import PredictionLog
+from service.storage.prediction_log.log import PredictionLog
 from service.telemetry.instrumentation import instrument_engine, instrument_redis_client
 from service.telemetry.providers import Telemetry, noop_telemetry
 

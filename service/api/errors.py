@@ -22,7 +22,7 @@ from service.serving.predictions import (
     PredictionNotFoundError,
     UnknownSymbolError,
 )
-from service.storage.prediction_log import PredictionLogClosedError, PredictionLogFullError
+from service.storage.prediction_log.log import PredictionLogClosedError, PredictionLogFullError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from service.background import PeriodicTask
 from service.model.manager import ModelManager
 from service.model.registry import ModelRegistry
 from service.storage.database import Database
-from service.storage.prediction_log import PredictionLog
+from service.storage.prediction_log.log import PredictionLog
 from service.telemetry.providers import Telemetry
 
 Status = Literal["ok", "degraded", "down"]

@@ -24,14 +24,13 @@ from service.model.manager import ModelManager
 from service.model.served_model import ServedModel
 from service.serving.feature_store import FeatureStore
 from service.storage.database import Database
-from service.storage.prediction_log import (
-    LoggedFeedback,
-    LoggedPrediction,
+from service.storage.prediction_log.log import (
     PredictionLog,
     PredictionLogClosedError,
     PredictionLogFullError,
     SpooledPrediction,
 )
+from service.storage.prediction_log.records import LoggedFeedback, LoggedPrediction
 from service.storage.prediction_rows import (
     get_prediction,
     new_prediction_id,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -61,6 +64,8 @@ def serve(
                 bootstrap(container)
         finally:
             container.close()
+    # uvicorn re-raises SIGTERM after its graceful shutdown; a stop we asked for is a clean exit.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         "service.api.app:create_app",
         factory=True,
@@ -69,7 +74,14 @@ def serve(
         workers=workers,
         log_config=None,
         access_log=False,
+        # SIGTERM: stop accepting, answer what is in flight (at most this long), then the lifespan
+        # closes the prediction log (SHUTDOWN_FLUSH_SECONDS) and everything else.
+        timeout_graceful_shutdown=math.ceil(settings.SHUTDOWN_GRACE_SECONDS),
     )
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 @app.command()

@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     PREDICTION_LOG_MAX_BYTES: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
     PREDICTION_LOG_BATCH_ROWS: int = Field(default=128, gt=0, le=5000)  # rows per transaction
     PREDICTION_LOG_DEGRADED_AFTER_SECONDS: float = Field(default=10.0, gt=0)  # oldest row older: degraded
-    SHUTDOWN_FLUSH_SECONDS: float = Field(default=5.0, ge=0)  # last try to empty the spool on SIGTERM
+    SHUTDOWN_GRACE_SECONDS: float = Field(default=10.0, gt=0)  # SIGTERM: in-flight requests get this long
+    SHUTDOWN_FLUSH_SECONDS: float = Field(default=5.0, ge=0)  # then one last try to empty the spool
 
     SEED: int = 42
     SEED_DAYS: int = Field(default=500, ge=80)

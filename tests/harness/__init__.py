@@ -4,6 +4,8 @@ Read in this order:
 - `process.py`  free ports, polling with a deadline, finding binaries, child processes with logs.
 - `servers.py`  one `start_*` per program (Redis, PostgreSQL, Prometheus, Alertmanager, collector).
 - `webhook.py`  an HTTP sink that records what Alertmanager sends.
+- `service.py`  the prediction service itself as a process (`stockpred serve`), restartable.
+- `load.py`     a steady, bounded prediction load whose every outcome is recorded.
 - `fixtures.py` the pytest plugin: shared servers as fixtures, and server logs shown on failure.
 """
 
@@ -24,6 +26,7 @@ from tests.harness.servers import (
     drop_database,
     dump_logs,
     postgres_url,
+    restart_postgres,
     start_alertmanager,
     start_collector,
     start_postgres,
@@ -47,6 +50,7 @@ __all__ = [
     "in_ci",
     "postgres_url",
     "require_binary",
+    "restart_postgres",
     "start_alertmanager",
     "start_collector",
     "start_postgres",

@@ -125,6 +125,9 @@ class ManagedProcess:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
+        self.env = dict(env or {})
+        self.cwd = cwd
+        self.user = user
         self.stop_signal = stop_signal
         self.stop_timeout = stop_timeout
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +151,32 @@ class ManagedProcess:
 
     def is_running(self) -> bool:
         return self._popen.poll() is None
+
+    def restarted(self) -> ManagedProcess:
+        """The same program started again (same argv, environment, log): after a stop or a kill."""
+        return ManagedProcess(
+            self.name,
+            self.argv,
+            log_path=self.log_path,
+            env=self.env,
+            cwd=self.cwd,
+            user=self.user,
+            stop_signal=self.stop_signal,
+            stop_timeout=self.stop_timeout,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once: a crash, not a shutdown."""
+        self._kill_group()
+        self._popen.wait(timeout=self.stop_timeout)
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the program itself (e.g. SIGTERM, to test its graceful shutdown)."""
+        self._popen.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the program to exit; its return code."""
+        return self._popen.wait(timeout=timeout)
 
     @property
     def returncode(self) -> int | None:

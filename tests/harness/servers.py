@@ -210,6 +210,20 @@ def start_postgres(workdir: Path) -> Server:
     return server
 
 
+def restart_postgres(server: Server) -> None:
+    """Start a test PostgreSQL again after `server.process.stop()`: same port, same data.
+
+    Fault tests stop the database under load and bring it back; clients keep their URL.
+    """
+    server.process = server.process.restarted()
+
+    def connects() -> bool:
+        with psycopg.connect(_postgres_conninfo(server.port)) as conn:
+            return conn.execute("SELECT 1").fetchone() == (1,)
+
+    server.process.wait_ready(connects, timeout=POSTGRES_START_TIMEOUT, what="a connection")
+
+
 def _initdb(initdb: str, data_dir: Path, *, run_as: str | None, log_path: Path) -> None:
     # trust auth: this instance listens on loopback only and lives for one test run.
     argv = [initdb, "-D", str(data_dir), f"--username={PG_SUPERUSER}", "--auth=trust"]

@@ -2,7 +2,8 @@
 
 Read in this order:
 - `process.py`  free ports, polling with a deadline, finding binaries, child processes with logs.
-- `servers.py`  one `start_*` per program (Redis, PostgreSQL, Prometheus, Alertmanager, collector).
+- `servers.py`  one `start_*` per program (Redis, PostgreSQL, Prometheus, Alertmanager, collector),
+  and `built_binary` for the programs scripts/ builds from source.
 - `webhook.py`  an HTTP sink that records what Alertmanager sends.
 - `fixtures.py` the pytest plugin: shared servers as fixtures, and server logs shown on failure.
 """
@@ -19,6 +20,7 @@ from tests.harness.process import (
 from tests.harness.servers import (
     CollectorPorts,
     Server,
+    built_binary,
     collector_binary,
     create_database,
     drop_database,
@@ -38,6 +40,7 @@ __all__ = [
     "ProcessExitedError",
     "Server",
     "WebhookSink",
+    "built_binary",
     "collector_binary",
     "create_database",
     "distinct_free_ports",

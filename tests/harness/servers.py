@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import NoReturn
 
 import httpx
 import psycopg
@@ -24,7 +25,6 @@ import redis
 from psycopg import sql
 
 from tests.harness.process import (
-    INSTALL_HINT,
     LOOPBACK,
     ManagedProcess,
     distinct_free_ports,
@@ -256,18 +256,90 @@ def drop_database(server: Server, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+# --- binaries we build from source ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuiltTool:
+    """A binary a script of ours builds and caches outside the repo (see scripts/).
+
+    `make test` builds them first and passes the paths in `env_var`; without it the harness runs
+    the script itself (a no-op when the cache entry exists, minutes when it doesn't).
+    """
+
+    env_var: str
+    script: str
+    args: tuple[str, ...] = ()
+
+
+BUILT_TOOLS: dict[str, BuiltTool] = {
+    "otelcol": BuiltTool("OTELCOL_BIN", "build-collector.sh"),
+    # The releases compose.yaml pins, so tests run what the stack ships.
+    "prometheus": BuiltTool("PROMETHEUS_BIN", "build-prometheus.sh", ("prometheus",)),
+    "promtool": BuiltTool("PROMTOOL_BIN", "build-prometheus.sh", ("promtool",)),
+    "alertmanager": BuiltTool("ALERTMANAGER_BIN", "build-prometheus.sh", ("alertmanager",)),
+    "amtool": BuiltTool("AMTOOL_BIN", "build-prometheus.sh", ("amtool",)),
+}
+
+BUILD_TIMEOUT = 1800.0  # a cold Prometheus build takes about 7 minutes on two cores
+
+
+def _unavailable(message: str) -> NoReturn:
+    """A binary we cannot get: skip locally, fail in CI (where nothing may silently go untested)."""
+    if in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@functools.cache
+def built_binary(name: str) -> str:
+    """Path of the binary `name` of BUILT_TOOLS: its environment variable, else its build script.
+
+    A variable that names no executable is a mistake and always fails; a script that cannot build
+    (no Go, no network) skips the tests locally and fails them in CI.
+    """
+    tool = BUILT_TOOLS[name]
+    from_env = os.environ.get(tool.env_var)
+    if from_env:
+        if not os.access(from_env, os.X_OK):
+            pytest.fail(f"{tool.env_var}={from_env} is not an executable file")
+        return from_env
+    script = REPO_ROOT / "scripts" / tool.script
+    if not script.exists():
+        _unavailable(f"{script} is missing and {tool.env_var} is unset; cannot get {name}")
+    result = subprocess.run(
+        ["bash", str(script), *tool.args],
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        check=False,
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        _unavailable(
+            f"{tool.env_var} is unset and {script.name} {' '.join(tool.args)} failed "
+            f"({result.returncode}):\n{result.stderr[-4000:]}"
+        )
+    path = lines[-1].strip()
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"{script} printed {path!r} as its last line, which is not an executable")
+    return path
+
+
 # --- Prometheus and Alertmanager ---------------------------------------------------------------
 
 
 def start_prometheus(
     workdir: Path, config_file: Path, *, extra_flags: Sequence[str] = (), port: int | None = None
 ) -> Server:
-    """Start Prometheus with exemplar storage, the remote-write receiver and /-/reload enabled.
+    """Start our Prometheus build with exemplar storage, the remote-write receiver and /-/reload.
 
-    In 2.42 exemplar storage is a feature flag (`--enable-feature`); the remote-write receiver
-    and the lifecycle API are ordinary flags (the `remote-write-receiver` feature is deprecated).
+    The same flags as compose.yaml: in 3.x exemplar storage is still a feature flag
+    (`--enable-feature`); the remote-write receiver and the lifecycle API are ordinary flags.
     """
-    binary = require_binary("prometheus")
+    binary = built_binary("prometheus")
     port = port or free_port()
     argv = [
         binary,
@@ -288,7 +360,7 @@ def start_prometheus(
 
 def start_alertmanager(workdir: Path, config_file: Path, *, port: int | None = None) -> Server:
     """Start a single Alertmanager; an empty cluster address turns its HA gossip off."""
-    binary = require_binary("prometheus-alertmanager", "/usr/bin/alertmanager")
+    binary = built_binary("alertmanager")
     port = port or free_port()
     argv = [
         binary,
@@ -334,39 +406,9 @@ class CollectorPorts:
         }
 
 
-@functools.cache
 def collector_binary() -> str:
-    """Path of our collector build: $OTELCOL_BIN, else what scripts/build-collector.sh prints last.
-
-    The script builds the binary on first use and caches it, so the first call can take minutes.
-    """
-    from_env = os.environ.get("OTELCOL_BIN")
-    if from_env:
-        if not os.access(from_env, os.X_OK):
-            pytest.fail(f"OTELCOL_BIN={from_env} is not an executable file")
-        return from_env
-    script = REPO_ROOT / "scripts" / "build-collector.sh"
-    if not script.exists():
-        message = f"{script} is missing and OTELCOL_BIN is unset; cannot get a collector"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    result = subprocess.run(
-        ["bash", str(script)],
-        cwd=REPO_ROOT,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        pytest.fail(f"{script} failed ({result.returncode}); {INSTALL_HINT}:\n{result.stderr[-4000:]}")
-    path = lines[-1].strip()
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"{script} printed {path!r} as its last line, which is not an executable")
-    return path
+    """Path of our collector build: $OTELCOL_BIN, else what scripts/build-collector.sh prints last."""
+    return built_binary("otelcol")
 
 
 def start_collector(

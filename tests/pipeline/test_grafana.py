@@ -2,7 +2,8 @@
 
 Grafana itself can't run here (no Docker, no Grafana package), so these tests check what Grafana
 would send: each panel's PromQL, after substituting the variables Grafana substitutes, must be
-accepted by Prometheus 2.42 and return data for a TSDB shaped like docs/telemetry.md.
+accepted by Prometheus 3.5 (the release compose.yaml runs) and return data for a TSDB shaped like
+docs/telemetry.md.
 
 Live data: an OpenMetrics file with every contract metric (30 minutes at 15 s steps, ending a
 minute ago) is turned into TSDB blocks with `promtool tsdb create-blocks-from openmetrics`, then
@@ -38,7 +39,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.harness import Server, free_port, require_binary, start_prometheus, wait_until
+from tests.harness import Server, built_binary, free_port, start_prometheus, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "grafana"
@@ -734,7 +735,7 @@ def backfill_rules(
     # --eval-interval only applies to groups without their own interval; STEP matches the raw data.
     run(
         [
-            require_binary("promtool"),
+            built_binary("promtool"),
             "tsdb",
             "create-blocks-from",
             "rules",
@@ -756,8 +757,8 @@ def dashboard_rule_names() -> set[str]:
 
 @pytest.fixture(scope="module")
 def loaded_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedPrometheus]:
-    """Prometheus 2.42 on backfilled contract data and backfilled recording-rule outputs."""
-    promtool = require_binary("promtool")
+    """Prometheus (our 3.5 build) on backfilled contract data and backfilled recording-rule outputs."""
+    promtool = built_binary("promtool")
     workdir = tmp_path_factory.mktemp("grafana-prometheus")
     # start_prometheus keeps its TSDB here (--storage.tsdb.path): blocks go in before it starts.
     data_dir = workdir / "prometheus-data"

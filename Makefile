@@ -1,8 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run   - serve the API on :8000 with embedded defaults (SQLite, local MLflow store, no Redis)
 #   make test  - install everything the tests need (Python packages, Redis, PostgreSQL, and builds
-#                from source of the collector, Prometheus and Alertmanager, cached outside the
-#                repo) and run lint, type checks and every test.
+#                from source of the collector, Prometheus, Alertmanager and Jaeger, cached outside
+#                the repo) and run lint, type checks and every test.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha2
 PORT   ?= 8000
 HOST   ?= 0.0.0.0
 
-.PHONY: install run test lint typecheck system-deps collector prometheus tools pytest bench dashboards clean
+.PHONY: install run test lint typecheck system-deps collector prometheus jaeger tools pytest bench dashboards clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,10 @@ collector:
 prometheus:
 	scripts/build-prometheus.sh
 
-tools: collector prometheus
+jaeger:
+	scripts/build-jaeger.sh
+
+tools: collector prometheus jaeger
 
 lint: install
 	$(BIN)/ruff check .
@@ -52,6 +55,7 @@ pytest: install
 	PROMTOOL_BIN="$$(scripts/build-prometheus.sh promtool | tail -n 1)" \
 	ALERTMANAGER_BIN="$$(scripts/build-prometheus.sh alertmanager | tail -n 1)" \
 	AMTOOL_BIN="$$(scripts/build-prometheus.sh amtool | tail -n 1)" \
+	JAEGER_BIN="$$(scripts/build-jaeger.sh | tail -n 1)" \
 	$(BIN)/pytest
 
 test: install system-deps tools lint typecheck pytest

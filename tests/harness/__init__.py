@@ -2,8 +2,8 @@
 
 Read in this order:
 - `process.py`  free ports, polling with a deadline, finding binaries, child processes with logs.
-- `servers.py`  one `start_*` per program (Redis, PostgreSQL, Prometheus, Alertmanager, collector),
-  and `built_binary` for the programs scripts/ builds from source.
+- `servers.py`  one `start_*` per program (Redis, PostgreSQL, Prometheus, Alertmanager, collector,
+  Jaeger), and `built_binary` for the programs scripts/ builds from source.
 - `webhook.py`  an HTTP sink that records what Alertmanager sends.
 - `fixtures.py` the pytest plugin: shared servers as fixtures, and server logs shown on failure.
 """
@@ -19,6 +19,7 @@ from tests.harness.process import (
 )
 from tests.harness.servers import (
     CollectorPorts,
+    JaegerServer,
     Server,
     built_binary,
     collector_binary,
@@ -28,6 +29,7 @@ from tests.harness.servers import (
     postgres_url,
     start_alertmanager,
     start_collector,
+    start_jaeger,
     start_postgres,
     start_prometheus,
     start_redis,
@@ -36,6 +38,7 @@ from tests.harness.webhook import WebhookSink
 
 __all__ = [
     "CollectorPorts",
+    "JaegerServer",
     "ManagedProcess",
     "ProcessExitedError",
     "Server",
@@ -52,6 +55,7 @@ __all__ = [
     "require_binary",
     "start_alertmanager",
     "start_collector",
+    "start_jaeger",
     "start_postgres",
     "start_prometheus",
     "start_redis",

@@ -10,13 +10,14 @@ import functools
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import httpx
 import psycopg
@@ -48,6 +49,7 @@ POSTGRES_START_TIMEOUT = 60.0
 PROMETHEUS_START_TIMEOUT = 60.0
 ALERTMANAGER_START_TIMEOUT = 30.0
 COLLECTOR_START_TIMEOUT = 60.0
+JAEGER_START_TIMEOUT = 60.0
 
 
 @dataclass(eq=False)
@@ -279,6 +281,7 @@ BUILT_TOOLS: dict[str, BuiltTool] = {
     "promtool": BuiltTool("PROMTOOL_BIN", "build-prometheus.sh", ("promtool",)),
     "alertmanager": BuiltTool("ALERTMANAGER_BIN", "build-prometheus.sh", ("alertmanager",)),
     "amtool": BuiltTool("AMTOOL_BIN", "build-prometheus.sh", ("amtool",)),
+    "jaeger": BuiltTool("JAEGER_BIN", "build-jaeger.sh"),
 }
 
 BUILD_TIMEOUT = 1800.0  # a cold Prometheus build takes about 7 minutes on two cores
@@ -429,3 +432,74 @@ def start_collector(
     return _ready_or_stopped(
         server, lambda: _http_ok(f"{server.url}/"), timeout=COLLECTOR_START_TIMEOUT, what="health_check"
     )
+
+
+# --- Jaeger --------------------------------------------------------------------------------------
+
+JAEGER_CONFIG = REPO_ROOT / "deploy" / "jaeger.yaml"
+
+
+@dataclass(eq=False)
+class JaegerServer(Server):
+    """Jaeger v2: `url` is the query API (HTTP); spans go in over OTLP/gRPC at `otlp_endpoint`."""
+
+    otlp_grpc_port: int = 0
+
+    @property
+    def otlp_endpoint(self) -> str:
+        """`host:port` for an OTLP/gRPC exporter (the collector's JAEGER_OTLP_ENDPOINT)."""
+        return f"{self.host}:{self.otlp_grpc_port}"
+
+    def trace_spans(self, trace_id: str) -> list[dict[str, Any]]:
+        """The spans Jaeger holds for `trace_id` (32 hex), as OTLP/JSON span objects; [] if none.
+
+        API v3 answers in OTLP/JSON (hex ids, `kind` as the enum number, `parentSpanId`), the
+        same shape as the collector's file exporter, so one checker reads both.
+        """
+        response = httpx.get(f"{self.url}/api/v3/traces/{trace_id}", timeout=10)
+        if response.status_code == 404:
+            return []
+        response.raise_for_status()
+        return [
+            span
+            for resource_spans in response.json()["result"]["resourceSpans"]
+            for scope_spans in resource_spans.get("scopeSpans", [])
+            for span in scope_spans.get("spans", [])
+        ]
+
+
+def _tcp_open(port: int) -> bool:
+    with socket.create_connection((LOOPBACK, port), timeout=1):
+        return True
+
+
+def start_jaeger(workdir: Path) -> JaegerServer:
+    """Start our Jaeger build with deploy/jaeger.yaml (in-memory storage) on free loopback ports.
+
+    Ready once the query API answers and the OTLP receiver accepts connections: Jaeger, like any
+    collector, starts its extensions (the query API) before its receivers.
+    """
+    binary = built_binary("jaeger")
+    otlp_port, http_port, grpc_port = distinct_free_ports(3)
+    env = {
+        "JAEGER_OTLP_GRPC_ENDPOINT": f"{LOOPBACK}:{otlp_port}",
+        "JAEGER_QUERY_HTTP_ENDPOINT": f"{LOOPBACK}:{http_port}",
+        "JAEGER_QUERY_GRPC_ENDPOINT": f"{LOOPBACK}:{grpc_port}",
+    }
+    process = ManagedProcess(
+        "jaeger",
+        [binary, f"--config={JAEGER_CONFIG}"],
+        log_path=workdir / f"jaeger-{http_port}.log",
+        env=env,
+        cwd=workdir,
+    )
+    server = JaegerServer(
+        "jaeger", http_port, f"http://{LOOPBACK}:{http_port}", process, workdir, otlp_grpc_port=otlp_port
+    )
+    _ready_or_stopped(
+        server,
+        lambda: _http_ok(f"{server.url}/api/services") and _tcp_open(otlp_port),
+        timeout=JAEGER_START_TIMEOUT,
+        what="/api/services and the OTLP port",
+    )
+    return server

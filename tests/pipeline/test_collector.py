@@ -505,4 +505,7 @@ def test_jaeger_layer_delivers_the_trace_to_jaeger(otelcol: str, tmp_path: Path)
             assert by_id[sent.child_span_id]["parentSpanId"] == sent.root_span_id
             assert by_id[sent.root_span_id]["name"] == "predict AAPL"
             assert "parentSpanId" not in by_id[sent.root_span_id]
+            # The API Grafana's Jaeger datasource reads (v1 JSON): the same trace.
+            legacy = httpx.get(f"{jaeger.url}/api/traces/{sent.trace_id}", timeout=10).raise_for_status()
+            assert {span["spanID"] for span in legacy.json()["data"][0]["spans"]} == set(by_id)
             _poll_scrape(ports, "traces_span_metrics_calls")

@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "grafana"
 DASHBOARD_FILES = sorted((GRAFANA / "dashboards").glob("*.json"))
 DATASOURCES_FILE = GRAFANA / "provisioning" / "datasources" / "datasources.yaml"
+JAEGER_CONFIG = REPO / "deploy" / "jaeger.yaml"
 PROVIDERS_FILE = GRAFANA / "provisioning" / "dashboards" / "dashboards.yaml"
 TELEMETRY_DOC = REPO / "docs" / "telemetry.md"
 RULES_DIR = REPO / "prometheus" / "rules"
@@ -334,8 +335,14 @@ def test_prometheus_datasource() -> None:
     # Grafana's smallest $__interval, and the base of $__rate_interval, is the scrape interval.
     assert prom["jsonData"]["timeInterval"] == scrape_interval == "5s"
     destinations = prom["jsonData"]["exemplarTraceIdDestinations"]
-    # The collector's prometheus exporter names the exemplar label trace_id (otlptranslator).
-    assert [(d["name"], d["datasourceUid"]) for d in destinations] == [("trace_id", "tempo")]
+    # The collector's prometheus exporter names the exemplar label trace_id (otlptranslator); each
+    # trace backend gets a link, with a label that says which.
+    assert [(d["name"], d["datasourceUid"]) for d in destinations] == [
+        ("trace_id", "tempo"),
+        ("trace_id", "jaeger"),
+    ]
+    assert [d["urlDisplayLabel"] for d in destinations] == ["Open trace in Tempo", "Open trace in Jaeger"]
+    assert {d["datasourceUid"] for d in destinations} <= provisioned_uids()
 
 
 def test_tempo_and_alertmanager_datasources() -> None:
@@ -350,6 +357,21 @@ def test_tempo_and_alertmanager_datasources() -> None:
         assert "$$__tags" in item["query"], item["name"]
         assert not re.search(r"(?<!\$)\$(?!\$)", item["query"]), f"unescaped $ in {item['name']}"
     assert datasource("alertmanager")["type"] == "alertmanager"
+
+
+def test_jaeger_datasource() -> None:
+    """Jaeger's query API at the port deploy/jaeger.yaml listens on, with Tempo's span -> metrics
+    links (one YAML anchor, so the two cannot drift apart)."""
+    jaeger = datasource("jaeger")
+    assert jaeger["type"] == "jaeger"
+    query_endpoint = yaml.safe_load(JAEGER_CONFIG.read_text())["extensions"]["jaeger_query"]["http"][
+        "endpoint"
+    ]
+    port = re.fullmatch(r"\$\{env:\w+:-[\d.]+:(\d+)\}", query_endpoint)
+    assert port, query_endpoint
+    assert jaeger["url"] == f"http://jaeger:{port[1]}"
+    assert jaeger["jsonData"]["tracesToMetrics"] == datasource("tempo")["jsonData"]["tracesToMetrics"]
+    assert jaeger["editable"] is False
 
 
 def test_dashboard_provider() -> None:

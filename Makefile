@@ -1,7 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run   - serve the API on :8000 with embedded defaults (SQLite, local MLflow store, no Redis)
-#   make test  - install everything the tests need (Python packages, Redis, PostgreSQL, Prometheus,
-#                Alertmanager, the collector build) and run lint, type checks and every test.
+#   make test  - install everything the tests need (Python packages, Redis, PostgreSQL, and builds
+#                from source of the collector, Prometheus, Alertmanager and Jaeger, cached outside
+#                the repo) and run lint, type checks and every test.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -10,7 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha2
 PORT   ?= 8000
 HOST   ?= 0.0.0.0
 
-.PHONY: install run test lint typecheck system-deps collector pytest bench dashboards clean
+.PHONY: install run test lint typecheck system-deps collector prometheus jaeger tools pytest bench dashboards clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +28,19 @@ run: install
 system-deps:
 	scripts/install-system-deps.sh
 
+# Builds from source, each cached under ~/.cache/stockpred and a no-op once cached. The paths go to
+# pytest as environment variables; tests/harness/servers.py (BUILT_TOOLS) reads them.
 collector:
 	scripts/build-collector.sh
+
+# Prometheus, promtool, Alertmanager and amtool at the releases compose.yaml pins.
+prometheus:
+	scripts/build-prometheus.sh
+
+jaeger:
+	scripts/build-jaeger.sh
+
+tools: collector prometheus jaeger
 
 lint: install
 	$(BIN)/ruff check .
@@ -38,9 +50,15 @@ typecheck: install
 	$(BIN)/mypy service
 
 pytest: install
-	OTELCOL_BIN="$$(scripts/build-collector.sh | tail -n 1)" $(BIN)/pytest
+	OTELCOL_BIN="$$(scripts/build-collector.sh | tail -n 1)" \
+	PROMETHEUS_BIN="$$(scripts/build-prometheus.sh prometheus | tail -n 1)" \
+	PROMTOOL_BIN="$$(scripts/build-prometheus.sh promtool | tail -n 1)" \
+	ALERTMANAGER_BIN="$$(scripts/build-prometheus.sh alertmanager | tail -n 1)" \
+	AMTOOL_BIN="$$(scripts/build-prometheus.sh amtool | tail -n 1)" \
+	JAEGER_BIN="$$(scripts/build-jaeger.sh | tail -n 1)" \
+	$(BIN)/pytest
 
-test: install system-deps collector lint typecheck pytest
+test: install system-deps tools lint typecheck pytest
 
 bench: install
 	$(BIN)/python benchmarks/telemetry_overhead.py

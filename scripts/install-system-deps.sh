@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Install the real servers the integration and end-to-end tests start on loopback:
-# Redis, PostgreSQL, Prometheus (+ promtool), Alertmanager (+ amtool) and wrk, from Debian's archive,
-# plus docker-compose (1.29, Python) which validates compose.yaml offline: with
-# --no-install-recommends it brings no Docker engine.
+# Redis, PostgreSQL and wrk, from Debian's archive, plus docker-compose (1.29, Python) which
+# validates compose.yaml offline: with --no-install-recommends it brings no Docker engine.
+# Prometheus, Alertmanager and Jaeger are not Debian's: scripts/build-prometheus.sh and
+# scripts/build-jaeger.sh build the releases compose.yaml ships (`make tools`).
 #
 # Idempotent: when every binary is already present it does nothing (and says so), so `make test`
 # can call it every time. Runs unattended as root (CI); as another user it uses sudo if available.
 #
 # The test harness never talks to the distro's own service instances (it starts private ones on
-# free ports), but Debian starts them on install and they would hold the well-known ports
-# (9090, 9093, 9100) that a local `make run` wants, so we keep them from starting and stop them.
+# free ports), but Debian starts them on install and they would hold well-known ports. Earlier
+# versions of this script installed Debian's Prometheus and Alertmanager (2.42, 0.25): a machine
+# that still has them gets those services stopped, so 9090, 9093 and 9100 stay free for a local
+# `make run` and compose.
 set -euo pipefail
 
-PACKAGES=(redis-server postgresql prometheus prometheus-alertmanager wrk docker-compose)
-# Services the Debian packages start on install whose ports we want free for local use.
+PACKAGES=(redis-server postgresql wrk docker-compose)
+# Services of Debian packages (installed here before) whose ports we want free for local use.
 SERVICES_TO_STOP=(prometheus prometheus-alertmanager prometheus-node-exporter)
 
 log() { printf 'install-system-deps: %s\n' "$*"; }
@@ -31,7 +34,7 @@ as_root() {
 }
 
 missing=()
-for bin in redis-server prometheus promtool prometheus-alertmanager amtool wrk docker-compose; do
+for bin in redis-server wrk docker-compose; do
   command -v "${bin}" >/dev/null 2>&1 || missing+=("${bin}")
 done
 # Debian keeps the PostgreSQL server binaries out of PATH, under a versioned directory.
@@ -41,7 +44,7 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null \
 fi
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-  log "all present (redis-server, postgres, prometheus, promtool, prometheus-alertmanager, amtool, wrk, docker-compose); nothing to install"
+  log "all present (redis-server, postgres, wrk, docker-compose); nothing to install"
 else
   log "missing: ${missing[*]}; installing ${PACKAGES[*]}"
   # policy-rc.d exiting 101 is Debian's documented switch that stops maintainer scripts from

@@ -1,17 +1,19 @@
 """The whole pipeline as real processes on loopback, started once for tests/e2e/test_pipeline.py.
 
-    service --OTLP/HTTP--> collector 1 (collector.yaml + collector.test-capture.yaml + tee layer)
+    service --OTLP/HTTP--> collector 1 (collector.yaml + .jaeger + .test-capture + tee layer)
                              |-- /metrics <--scrape-- Prometheus 1 --> Alertmanager --> WebhookSink
                              |-- $CAPTURE_DIR/traces.json, metrics.json
-                             |-- traces --OTLP/gRPC--> trace sink 1 (stands in for Tempo)
-                             `-- tee --OTLP/HTTP--> collector 2 (collector.yaml + collector.remote-write.yaml)
+                             |-- traces --OTLP/gRPC--> Jaeger 1 (query API: the exemplar test)
+                             `-- tee --OTLP/HTTP--> collector 2 (collector.yaml + .remote-write + .jaeger)
                                                       |-- remote write --> Prometheus 2
-                                                      `-- traces --OTLP/gRPC--> trace sink 2
+                                                      `-- traces --OTLP/gRPC--> Jaeger 2
 
 The service has one OTLP endpoint, so the remote-write path gets the same traffic through a tee:
 collector 1 also forwards what it receives from the service to collector 2 (the agent -> gateway
 pattern; a test-only layer written here, adding pipelines and leaving the repo's lists alone).
-Both Prometheus then hold the same process's series, one scraped, one remote-written.
+Both Prometheus then hold the same process's series, one scraped, one remote-written, and each
+collector's Jaeger holds the traces its Prometheus' exemplars point to. Two Jaegers, not one: both
+collectors export the same spans, and one store would hold every span twice.
 
 Configs are the repository's, copied into the test's directory with only addresses rewritten and
 the intervals below shortened. Every port is picked free on loopback.
@@ -22,24 +24,21 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import grpc
 import httpx
 import pytest
 import yaml
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from tests.harness import (
     CollectorPorts,
+    JaegerServer,
     ManagedProcess,
     Server,
     WebhookSink,
@@ -49,6 +48,7 @@ from tests.harness import (
     dump_logs,
     start_alertmanager,
     start_collector,
+    start_jaeger,
     start_prometheus,
     start_redis,
     wait_until,
@@ -70,10 +70,15 @@ SEED = 42
 EXPORT_INTERVAL_MS = 1000
 FAST_INTERVAL = "1s"
 
+# Collector layers after collector.yaml (the tee layer is written by the test). Both send traces to
+# Jaeger with the repository's own layer, so that layer is what is tested here.
+SCRAPE_LAYERS = ("collector.jaeger.yaml", "collector.test-capture.yaml")
+REMOTE_LAYERS = ("collector.remote-write.yaml", "collector.jaeger.yaml")
+
 # The rule files are the repository's, unchanged: the Redis test waits the real `for:` of RedisDown
 # (1m at the time of writing), which dominates the run time of this file.
 
-# Deadlines: two shared cores run nine processes here.
+# Deadlines: two shared cores run eleven processes here.
 SERVICE_START_TIMEOUT = 180.0
 DEFAULT_TIMEOUT = 90.0
 
@@ -103,42 +108,6 @@ def record_timing(name: str, seconds: float) -> None:
     _TIMINGS[name] = seconds
 
 
-class OtlpTraceSink(trace_service_pb2_grpc.TraceServiceServicer):
-    """Stands in for Tempo: an OTLP/gRPC trace receiver on loopback that keeps the trace ids.
-
-    A real endpoint for the collectors' `otlp_grpc/tempo` exporters, so the Tempo path is checked
-    too and the collector logs stay free of connection retries.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._trace_ids: set[str] = set()
-        self._server = grpc.server(ThreadPoolExecutor(max_workers=4, thread_name_prefix="otlp-sink"))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
-        self.port = self._server.add_insecure_port(f"{LOOPBACK}:0")
-        self._server.start()
-
-    def Export(  # noqa: N802 (the gRPC method name)
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        ids = {
-            span.trace_id.hex()
-            for resource_spans in request.resource_spans
-            for scope_spans in resource_spans.scope_spans
-            for span in scope_spans.spans
-        }
-        with self._lock:
-            self._trace_ids |= ids
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def trace_ids(self) -> set[str]:
-        with self._lock:
-            return set(self._trace_ids)
-
-    def close(self) -> None:
-        self._server.stop(grace=1).wait()
-
-
 # --- the pipeline ------------------------------------------------------------------------------------
 
 
@@ -158,7 +127,8 @@ class Pipeline:
     sink: WebhookSink
     remote_collector: Server
     remote_prometheus: Server
-    tempo: OtlpTraceSink
+    jaeger: JaegerServer
+    remote_jaeger: JaegerServer
     alertmanager_config: dict[str, Any]
     alert_for: dict[str, float]
     started_at: float = field(default_factory=time.time)
@@ -173,6 +143,8 @@ class Pipeline:
             self.alertmanager,
             self.remote_collector,
             self.remote_prometheus,
+            self.jaeger,
+            self.remote_jaeger,
         ]
 
     def wait(self, predicate: Callable[[], bool], *, what: str, timeout: float = DEFAULT_TIMEOUT) -> float:
@@ -226,9 +198,10 @@ def _start(stack: contextlib.ExitStack, workdir: Path, seeded: Path, postgres: S
     c1, c2 = CollectorPorts.pick(), CollectorPorts.pick()
 
     sink = stack.enter_context(WebhookSink())
-    tempo, remote_tempo = OtlpTraceSink(), OtlpTraceSink()
-    stack.callback(tempo.close)
-    stack.callback(remote_tempo.close)
+    jaeger_dirs = [workdir / "jaeger", workdir / "jaeger-remote"]
+    for path in jaeger_dirs:
+        path.mkdir()
+    jaeger, remote_jaeger = (stack.enter_context(start_jaeger(path)) for path in jaeger_dirs)
     (workdir / "redis").mkdir()
     redis_server = start_redis(workdir / "redis")
     holder: dict[str, Any] = {}
@@ -251,10 +224,10 @@ def _start(stack: contextlib.ExitStack, workdir: Path, seeded: Path, postgres: S
     remote_prometheus = stack.enter_context(start_prometheus(remote_dir, remote_dir / "prometheus.yml"))
 
     remote_env = {
-        **c2.env(traces_endpoint=f"{LOOPBACK}:{remote_tempo.port}"),
+        **_collector_env(c2, remote_jaeger),
         "PROMETHEUS_REMOTE_WRITE_URL": f"{remote_prometheus.url}/api/v1/write",
     }
-    remote_configs = [OTEL_DIR / "collector.yaml", OTEL_DIR / "collector.remote-write.yaml"]
+    remote_configs = [OTEL_DIR / name for name in ("collector.yaml", *REMOTE_LAYERS)]
     (workdir / "collector-remote").mkdir()
     remote_collector = stack.enter_context(
         start_collector(workdir / "collector-remote", remote_configs, remote_env, health_port=c2.health)
@@ -263,8 +236,8 @@ def _start(stack: contextlib.ExitStack, workdir: Path, seeded: Path, postgres: S
     capture_dir = workdir / "capture"
     capture_dir.mkdir()
     tee = _write_tee_layer(workdir / "collector" / "collector.e2e-tee.yaml", c2.otlp_http)
-    configs = [OTEL_DIR / "collector.yaml", OTEL_DIR / "collector.test-capture.yaml", tee]
-    env = {**c1.env(traces_endpoint=f"{LOOPBACK}:{tempo.port}"), "CAPTURE_DIR": str(capture_dir)}
+    configs = [*(OTEL_DIR / name for name in ("collector.yaml", *SCRAPE_LAYERS)), tee]
+    env = {**_collector_env(c1, jaeger), "CAPTURE_DIR": str(capture_dir)}
     collector = stack.enter_context(
         start_collector(workdir / "collector", configs, env, health_port=c1.health)
     )
@@ -308,7 +281,8 @@ def _start(stack: contextlib.ExitStack, workdir: Path, seeded: Path, postgres: S
         sink=sink,
         remote_collector=remote_collector,
         remote_prometheus=remote_prometheus,
-        tempo=tempo,
+        jaeger=jaeger,
+        remote_jaeger=remote_jaeger,
         alertmanager_config=am_config,
         alert_for=alert_for,
     )
@@ -363,6 +337,14 @@ def _targets_up(built: Pipeline, jobs: set[str]) -> bool:
 
 
 # --- collectors ------------------------------------------------------------------------------------
+
+
+def _collector_env(ports: CollectorPorts, jaeger: JaegerServer) -> dict[str, str]:
+    """A collector's ports, with traces going to `jaeger` (the Tempo endpoint is unused then)."""
+    return {
+        **ports.env(traces_endpoint=jaeger.otlp_endpoint),
+        "JAEGER_OTLP_ENDPOINT": jaeger.otlp_endpoint,
+    }
 
 
 def _write_tee_layer(path: Path, otlp_http_port: int) -> Path:

@@ -2,7 +2,8 @@
 
 Read in this order:
 - `process.py`  free ports, polling with a deadline, finding binaries, child processes with logs.
-- `servers.py`  one `start_*` per program (Redis, PostgreSQL, Prometheus, Alertmanager, collector).
+- `servers.py`  one `start_*` per program (Redis, PostgreSQL, Prometheus, Alertmanager, collector,
+  Jaeger), and `built_binary` for the programs scripts/ builds from source.
 - `webhook.py`  an HTTP sink that records what Alertmanager sends.
 - `service.py`  the prediction service itself as a process (`stockpred serve`), restartable.
 - `load.py`     a steady, bounded prediction load whose every outcome is recorded.
@@ -20,7 +21,9 @@ from tests.harness.process import (
 )
 from tests.harness.servers import (
     CollectorPorts,
+    JaegerServer,
     Server,
+    built_binary,
     collector_binary,
     create_database,
     drop_database,
@@ -29,6 +32,7 @@ from tests.harness.servers import (
     restart_postgres,
     start_alertmanager,
     start_collector,
+    start_jaeger,
     start_postgres,
     start_prometheus,
     start_redis,
@@ -37,10 +41,12 @@ from tests.harness.webhook import WebhookSink
 
 __all__ = [
     "CollectorPorts",
+    "JaegerServer",
     "ManagedProcess",
     "ProcessExitedError",
     "Server",
     "WebhookSink",
+    "built_binary",
     "collector_binary",
     "create_database",
     "distinct_free_ports",
@@ -53,6 +59,7 @@ __all__ = [
     "restart_postgres",
     "start_alertmanager",
     "start_collector",
+    "start_jaeger",
     "start_postgres",
     "start_prometheus",
     "start_redis",

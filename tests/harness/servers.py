@@ -10,12 +10,16 @@ import functools
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any, NoReturn
 
 import httpx
 import psycopg
@@ -24,7 +28,6 @@ import redis
 from psycopg import sql
 
 from tests.harness.process import (
-    INSTALL_HINT,
     LOOPBACK,
     ManagedProcess,
     distinct_free_ports,
@@ -48,6 +51,7 @@ POSTGRES_START_TIMEOUT = 60.0
 PROMETHEUS_START_TIMEOUT = 60.0
 ALERTMANAGER_START_TIMEOUT = 30.0
 COLLECTOR_START_TIMEOUT = 60.0
+JAEGER_START_TIMEOUT = 60.0
 
 
 @dataclass(eq=False)
@@ -270,18 +274,91 @@ def drop_database(server: Server, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+# --- binaries we build from source ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuiltTool:
+    """A binary a script of ours builds and caches outside the repo (see scripts/).
+
+    `make test` builds them first and passes the paths in `env_var`; without it the harness runs
+    the script itself (a no-op when the cache entry exists, minutes when it doesn't).
+    """
+
+    env_var: str
+    script: str
+    args: tuple[str, ...] = ()
+
+
+BUILT_TOOLS: dict[str, BuiltTool] = {
+    "otelcol": BuiltTool("OTELCOL_BIN", "build-collector.sh"),
+    # The releases compose.yaml pins, so tests run what the stack ships.
+    "prometheus": BuiltTool("PROMETHEUS_BIN", "build-prometheus.sh", ("prometheus",)),
+    "promtool": BuiltTool("PROMTOOL_BIN", "build-prometheus.sh", ("promtool",)),
+    "alertmanager": BuiltTool("ALERTMANAGER_BIN", "build-prometheus.sh", ("alertmanager",)),
+    "amtool": BuiltTool("AMTOOL_BIN", "build-prometheus.sh", ("amtool",)),
+    "jaeger": BuiltTool("JAEGER_BIN", "build-jaeger.sh"),
+}
+
+BUILD_TIMEOUT = 1800.0  # cold builds measured 5 min (Prometheus) on two cores; generous
+
+
+def _unavailable(message: str) -> NoReturn:
+    """A binary we cannot get: skip locally, fail in CI (where nothing may silently go untested)."""
+    if in_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@functools.cache
+def built_binary(name: str) -> str:
+    """Path of the binary `name` of BUILT_TOOLS: its environment variable, else its build script.
+
+    A variable that names no executable is a mistake and always fails; a script that cannot build
+    (no Go, no network) skips the tests locally and fails them in CI.
+    """
+    tool = BUILT_TOOLS[name]
+    from_env = os.environ.get(tool.env_var)
+    if from_env:
+        if not os.access(from_env, os.X_OK):
+            pytest.fail(f"{tool.env_var}={from_env} is not an executable file")
+        return from_env
+    script = REPO_ROOT / "scripts" / tool.script
+    if not script.exists():
+        _unavailable(f"{script} is missing and {tool.env_var} is unset; cannot get {name}")
+    result = subprocess.run(
+        ["bash", str(script), *tool.args],
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        check=False,
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        _unavailable(
+            f"{tool.env_var} is unset and {script.name} {' '.join(tool.args)} failed "
+            f"({result.returncode}):\n{result.stderr[-4000:]}"
+        )
+    path = lines[-1].strip()
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"{script} printed {path!r} as its last line, which is not an executable")
+    return path
+
+
 # --- Prometheus and Alertmanager ---------------------------------------------------------------
 
 
 def start_prometheus(
     workdir: Path, config_file: Path, *, extra_flags: Sequence[str] = (), port: int | None = None
 ) -> Server:
-    """Start Prometheus with exemplar storage, the remote-write receiver and /-/reload enabled.
+    """Start our Prometheus build with exemplar storage, the remote-write receiver and /-/reload.
 
-    In 2.42 exemplar storage is a feature flag (`--enable-feature`); the remote-write receiver
-    and the lifecycle API are ordinary flags (the `remote-write-receiver` feature is deprecated).
+    The same flags as compose.yaml: in 3.x exemplar storage is still a feature flag
+    (`--enable-feature`); the remote-write receiver and the lifecycle API are ordinary flags.
     """
-    binary = require_binary("prometheus")
+    binary = built_binary("prometheus")
     port = port or free_port()
     argv = [
         binary,
@@ -302,7 +379,7 @@ def start_prometheus(
 
 def start_alertmanager(workdir: Path, config_file: Path, *, port: int | None = None) -> Server:
     """Start a single Alertmanager; an empty cluster address turns its HA gossip off."""
-    binary = require_binary("prometheus-alertmanager", "/usr/bin/alertmanager")
+    binary = built_binary("alertmanager")
     port = port or free_port()
     argv = [
         binary,
@@ -348,39 +425,9 @@ class CollectorPorts:
         }
 
 
-@functools.cache
 def collector_binary() -> str:
-    """Path of our collector build: $OTELCOL_BIN, else what scripts/build-collector.sh prints last.
-
-    The script builds the binary on first use and caches it, so the first call can take minutes.
-    """
-    from_env = os.environ.get("OTELCOL_BIN")
-    if from_env:
-        if not os.access(from_env, os.X_OK):
-            pytest.fail(f"OTELCOL_BIN={from_env} is not an executable file")
-        return from_env
-    script = REPO_ROOT / "scripts" / "build-collector.sh"
-    if not script.exists():
-        message = f"{script} is missing and OTELCOL_BIN is unset; cannot get a collector"
-        if in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    result = subprocess.run(
-        ["bash", str(script)],
-        cwd=REPO_ROOT,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        pytest.fail(f"{script} failed ({result.returncode}); {INSTALL_HINT}:\n{result.stderr[-4000:]}")
-    path = lines[-1].strip()
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"{script} printed {path!r} as its last line, which is not an executable")
-    return path
+    """Path of our collector build: $OTELCOL_BIN, else what scripts/build-collector.sh prints last."""
+    return built_binary("otelcol")
 
 
 def start_collector(
@@ -401,3 +448,103 @@ def start_collector(
     return _ready_or_stopped(
         server, lambda: _http_ok(f"{server.url}/"), timeout=COLLECTOR_START_TIMEOUT, what="health_check"
     )
+
+
+# --- Jaeger --------------------------------------------------------------------------------------
+
+JAEGER_CONFIG = REPO_ROOT / "deploy" / "jaeger.yaml"
+
+
+@dataclass(eq=False)
+class JaegerServer(Server):
+    """Jaeger v2: `url` is the query API (HTTP); spans go in over OTLP/gRPC at `otlp_endpoint`."""
+
+    otlp_grpc_port: int = 0
+
+    @property
+    def otlp_endpoint(self) -> str:
+        """`host:port` for an OTLP/gRPC exporter (the collector's JAEGER_OTLP_ENDPOINT)."""
+        return f"{self.host}:{self.otlp_grpc_port}"
+
+    def trace_spans(self, trace_id: str) -> list[dict[str, Any]]:
+        """The spans Jaeger holds for `trace_id` (32 hex), as OTLP/JSON span objects; [] if none.
+
+        API v3 answers in OTLP/JSON (hex ids, `kind` as the enum number, `parentSpanId`), the
+        same shape as the collector's file exporter, so one checker reads both.
+        """
+        response = httpx.get(f"{self.url}/api/v3/traces/{trace_id}", timeout=10)
+        if response.status_code == 404:
+            return []
+        response.raise_for_status()
+        return [
+            span
+            for resource_spans in response.json()["result"]["resourceSpans"]
+            for scope_spans in resource_spans.get("scopeSpans", [])
+            for span in scope_spans.get("spans", [])
+        ]
+
+    def find_spans(self, service: str, operation: str, *, since: float) -> list[dict[str, Any]]:
+        """Spans named `operation` of `service` that started after `since` (epoch seconds).
+
+        API v3 FindTraces returns whole traces; only the spans with that name are kept.
+        """
+        now = time.time()
+        params = {
+            "query.service_name": service,
+            "query.operation_name": operation,
+            "query.start_time_min": _rfc3339(since - 60),
+            "query.start_time_max": _rfc3339(now + 60),
+            "query.num_traces": "1000",
+        }
+        response = httpx.get(f"{self.url}/api/v3/traces", params=params, timeout=10)
+        if response.status_code == 404:
+            return []
+        response.raise_for_status()
+        return [
+            span
+            for resource_spans in response.json()["result"]["resourceSpans"]
+            for scope_spans in resource_spans.get("scopeSpans", [])
+            for span in scope_spans.get("spans", [])
+            if span.get("name") == operation
+        ]
+
+
+def _rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _tcp_open(port: int) -> bool:
+    with socket.create_connection((LOOPBACK, port), timeout=1):
+        return True
+
+
+def start_jaeger(workdir: Path) -> JaegerServer:
+    """Start our Jaeger build with deploy/jaeger.yaml (in-memory storage) on free loopback ports.
+
+    Ready once the query API answers and the OTLP receiver accepts connections: Jaeger, like any
+    collector, starts its extensions (the query API) before its receivers.
+    """
+    binary = built_binary("jaeger")
+    otlp_port, http_port, grpc_port = distinct_free_ports(3)
+    env = {
+        "JAEGER_OTLP_GRPC_ENDPOINT": f"{LOOPBACK}:{otlp_port}",
+        "JAEGER_QUERY_HTTP_ENDPOINT": f"{LOOPBACK}:{http_port}",
+        "JAEGER_QUERY_GRPC_ENDPOINT": f"{LOOPBACK}:{grpc_port}",
+    }
+    process = ManagedProcess(
+        "jaeger",
+        [binary, f"--config={JAEGER_CONFIG}"],
+        log_path=workdir / f"jaeger-{http_port}.log",
+        env=env,
+        cwd=workdir,
+    )
+    server = JaegerServer(
+        "jaeger", http_port, f"http://{LOOPBACK}:{http_port}", process, workdir, otlp_grpc_port=otlp_port
+    )
+    _ready_or_stopped(
+        server,
+        lambda: _http_ok(f"{server.url}/api/services") and _tcp_open(otlp_port),
+        timeout=JAEGER_START_TIMEOUT,
+        what="/api/services and the OTLP port",
+    )
+    return server

@@ -10,6 +10,7 @@ import httpx
 import pytest
 import redis
 import sqlalchemy
+import yaml
 
 from tests.harness import (
     ManagedProcess,
@@ -25,6 +26,16 @@ from tests.harness import (
 )
 
 pytestmark = pytest.mark.integration
+
+COMPOSE = Path(__file__).resolve().parents[2] / "compose.yaml"
+
+
+def compose_pin(repository: str) -> str:
+    """X.Y.Z of compose.yaml's `image: <repository>:vX.Y.Z`: what the harness must run too."""
+    images = [service["image"] for service in yaml.safe_load(COMPOSE.read_text())["services"].values()]
+    tags = [image.split(":v", 1)[1] for image in images if image.startswith(f"{repository}:v")]
+    assert len(tags) == 1, f"{repository} in {images}"
+    return tags[0]
 
 
 def _alive(pid: int) -> bool:
@@ -172,7 +183,9 @@ def test_prometheus_ready_with_our_flags(tmp_path: Path) -> None:
     with start_prometheus(tmp_path, config) as prometheus:
         build = httpx.get(f"{prometheus.url}/api/v1/status/buildinfo", timeout=5).json()
         assert build["status"] == "success"
-        assert build["data"]["version"].startswith("2.")
+        # Our build of the release compose.yaml ships, stamped (an unstamped build says "").
+        assert build["data"]["version"] == compose_pin("prom/prometheus")
+        assert build["data"]["branch"] == f"v{compose_pin('prom/prometheus')}"
 
         flags = httpx.get(f"{prometheus.url}/api/v1/status/flags", timeout=5).json()["data"]
         assert flags["enable-feature"] == "exemplar-storage"
@@ -206,6 +219,7 @@ def test_alertmanager_routes_a_posted_alert_to_the_webhook(tmp_path: Path, webho
     with start_alertmanager(tmp_path, config) as alertmanager:
         status = httpx.get(f"{alertmanager.url}/api/v2/status", timeout=5).json()
         assert status["cluster"]["status"] == "disabled"  # --cluster.listen-address= turned HA off
+        assert status["versionInfo"]["version"] == compose_pin("prom/alertmanager")
 
         alert = {
             "labels": {"alertname": "HarnessSelfTest", "severity": "info"},

@@ -4,7 +4,8 @@
 - the binary contains exactly the components of otel/builder-config.yaml, and the configs use
   nothing else (and nothing in the manifest goes unused);
 - live: OTLP from the Python SDK in, Prometheus/OpenMetrics with exemplars, span metrics and the
-  capture files out (and, with the remote-write layer, the same series inside a real Prometheus).
+  capture files out (with the remote-write layer, the same series inside a real Prometheus; with
+  the Jaeger layer, the trace inside a real Jaeger).
 
 The binary comes from $OTELCOL_BIN or scripts/build-collector.sh (minutes on the first run).
 """
@@ -41,6 +42,7 @@ from tests.harness import (
     collector_binary,
     free_port,
     start_collector,
+    start_jaeger,
     start_prometheus,
     wait_until,
 )
@@ -53,11 +55,13 @@ MANIFEST = OTEL_DIR / "builder-config.yaml"
 BASE_CONFIG = OTEL_DIR / "collector.yaml"
 CAPTURE_LAYER = OTEL_DIR / "collector.test-capture.yaml"
 REMOTE_WRITE_LAYER = OTEL_DIR / "collector.remote-write.yaml"
+JAEGER_LAYER = OTEL_DIR / "collector.jaeger.yaml"
 LOOPBACK = "127.0.0.1"
 
 # Env each layer needs to validate, besides the defaults written in the files.
 LAYERS: dict[str, dict[str, str]] = {
     "collector.remote-write.yaml": {},
+    "collector.jaeger.yaml": {},
     "collector.otlp-forward.yaml": {
         "FORWARD_OTLP_ENDPOINT": "https://otlp.example.invalid",
         "FORWARD_OTLP_AUTH_HEADER": "Bearer test-token",
@@ -432,10 +436,10 @@ def _prom_query(prometheus: Server, path: str, **params: str) -> Any:
 
 
 def test_remote_write_gives_the_scrape_names_labels_and_exemplars(otelcol: str, tmp_path: Path) -> None:
-    """The remote-write layer lands the same series names and labels in Prometheus (2.42 here).
+    """The remote-write layer lands the same series names and labels in Prometheus (3.5 here).
 
     Differences the README documents are asserted too, so a release that changes them fails here:
-    `le` is written "1"/"2" (a 2.x scrape of OpenMetrics stores "1.0"/"2.0").
+    `le` is stored "1"/"2" as the exporter writes it (a Prometheus 3 scrape stores "1.0"/"2.0").
     """
     (tmp_path / "prometheus.yml").write_text("# remote write only: nothing to scrape\nglobal: {}\n")
     with start_prometheus(tmp_path, tmp_path / "prometheus.yml") as prometheus:
@@ -472,3 +476,36 @@ def test_remote_write_gives_the_scrape_names_labels_and_exemplars(otelcol: str, 
             info = _prom_query(prometheus, "query", query=f"target_info{selector}")["result"]
             assert len(info) == 1
             assert info[0]["metric"]["telemetry_sdk_language"] == "python"
+
+
+# --- the Jaeger layer into a real Jaeger -----------------------------------------------------------
+
+
+def test_jaeger_layer_delivers_the_trace_to_jaeger(otelcol: str, tmp_path: Path) -> None:
+    """Base + collector.jaeger.yaml: the spans arrive in Jaeger, parent link intact, and the span
+    metrics still come out (the layer repeats span_metrics/red in the list it replaces)."""
+    (tmp_path / "jaeger").mkdir()
+    with start_jaeger(tmp_path / "jaeger") as jaeger:
+        ports = CollectorPorts.pick()
+        # TRACES_OTLP_ENDPOINT (the Tempo exporter's) points nowhere: only the layer's exporter is used.
+        env = {**collector_env(ports), "JAEGER_OTLP_ENDPOINT": jaeger.otlp_endpoint}
+        with (
+            start_collector(tmp_path, [BASE_CONFIG, JAEGER_LAYER], env, health_port=ports.health),
+            _prediction_telemetry(ports) as sent,
+        ):
+            spans: list[dict[str, Any]] = []
+
+            def both_spans_in_jaeger() -> bool:
+                spans[:] = jaeger.trace_spans(sent.trace_id)
+                return len(spans) == 2
+
+            what = f"trace {sent.trace_id} in Jaeger"
+            wait_until(both_spans_in_jaeger, timeout=PIPELINE_TIMEOUT, what=what)
+            by_id = {span["spanId"]: span for span in spans}
+            assert by_id[sent.child_span_id]["parentSpanId"] == sent.root_span_id
+            assert by_id[sent.root_span_id]["name"] == "predict AAPL"
+            assert "parentSpanId" not in by_id[sent.root_span_id]
+            # The API Grafana's Jaeger datasource reads (v1 JSON): the same trace.
+            legacy = httpx.get(f"{jaeger.url}/api/traces/{sent.trace_id}", timeout=10).raise_for_status()
+            assert {span["spanID"] for span in legacy.json()["data"][0]["spans"]} == set(by_id)
+            _poll_scrape(ports, "traces_span_metrics_calls")

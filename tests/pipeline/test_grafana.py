@@ -2,7 +2,8 @@
 
 Grafana itself can't run here (no Docker, no Grafana package), so these tests check what Grafana
 would send: each panel's PromQL, after substituting the variables Grafana substitutes, must be
-accepted by Prometheus 2.42 and return data for a TSDB shaped like docs/telemetry.md.
+accepted by Prometheus 3.5 (the release compose.yaml runs) and return data for a TSDB shaped like
+docs/telemetry.md.
 
 Live data: an OpenMetrics file with every contract metric (30 minutes at 15 s steps, ending a
 minute ago) is turned into TSDB blocks with `promtool tsdb create-blocks-from openmetrics`, then
@@ -38,12 +39,13 @@ import httpx
 import pytest
 import yaml
 
-from tests.harness import Server, free_port, require_binary, start_prometheus, wait_until
+from tests.harness import Server, built_binary, free_port, start_prometheus, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "grafana"
 DASHBOARD_FILES = sorted((GRAFANA / "dashboards").glob("*.json"))
 DATASOURCES_FILE = GRAFANA / "provisioning" / "datasources" / "datasources.yaml"
+JAEGER_CONFIG = REPO / "deploy" / "jaeger.yaml"
 PROVIDERS_FILE = GRAFANA / "provisioning" / "dashboards" / "dashboards.yaml"
 TELEMETRY_DOC = REPO / "docs" / "telemetry.md"
 RULES_DIR = REPO / "prometheus" / "rules"
@@ -333,8 +335,14 @@ def test_prometheus_datasource() -> None:
     # Grafana's smallest $__interval, and the base of $__rate_interval, is the scrape interval.
     assert prom["jsonData"]["timeInterval"] == scrape_interval == "5s"
     destinations = prom["jsonData"]["exemplarTraceIdDestinations"]
-    # The collector's prometheus exporter names the exemplar label trace_id (otlptranslator).
-    assert [(d["name"], d["datasourceUid"]) for d in destinations] == [("trace_id", "tempo")]
+    # The collector's prometheus exporter names the exemplar label trace_id (otlptranslator); each
+    # trace backend gets a link, with a label that says which.
+    assert [(d["name"], d["datasourceUid"]) for d in destinations] == [
+        ("trace_id", "tempo"),
+        ("trace_id", "jaeger"),
+    ]
+    assert [d["urlDisplayLabel"] for d in destinations] == ["Open trace in Tempo", "Open trace in Jaeger"]
+    assert {d["datasourceUid"] for d in destinations} <= provisioned_uids()
 
 
 def test_tempo_and_alertmanager_datasources() -> None:
@@ -349,6 +357,21 @@ def test_tempo_and_alertmanager_datasources() -> None:
         assert "$$__tags" in item["query"], item["name"]
         assert not re.search(r"(?<!\$)\$(?!\$)", item["query"]), f"unescaped $ in {item['name']}"
     assert datasource("alertmanager")["type"] == "alertmanager"
+
+
+def test_jaeger_datasource() -> None:
+    """Jaeger's query API at the port deploy/jaeger.yaml listens on, with Tempo's span -> metrics
+    links (one YAML anchor, so the two cannot drift apart)."""
+    jaeger = datasource("jaeger")
+    assert jaeger["type"] == "jaeger"
+    query_endpoint = yaml.safe_load(JAEGER_CONFIG.read_text())["extensions"]["jaeger_query"]["http"][
+        "endpoint"
+    ]
+    port = re.fullmatch(r"\$\{env:\w+:-[\d.]+:(\d+)\}", query_endpoint)
+    assert port, query_endpoint
+    assert jaeger["url"] == f"http://jaeger:{port[1]}"
+    assert jaeger["jsonData"]["tracesToMetrics"] == datasource("tempo")["jsonData"]["tracesToMetrics"]
+    assert jaeger["editable"] is False
 
 
 def test_dashboard_provider() -> None:
@@ -734,7 +757,7 @@ def backfill_rules(
     # --eval-interval only applies to groups without their own interval; STEP matches the raw data.
     run(
         [
-            require_binary("promtool"),
+            built_binary("promtool"),
             "tsdb",
             "create-blocks-from",
             "rules",
@@ -756,8 +779,8 @@ def dashboard_rule_names() -> set[str]:
 
 @pytest.fixture(scope="module")
 def loaded_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedPrometheus]:
-    """Prometheus 2.42 on backfilled contract data and backfilled recording-rule outputs."""
-    promtool = require_binary("promtool")
+    """Prometheus (our 3.5 build) on backfilled contract data and backfilled recording-rule outputs."""
+    promtool = built_binary("promtool")
     workdir = tmp_path_factory.mktemp("grafana-prometheus")
     # start_prometheus keeps its TSDB here (--storage.tsdb.path): blocks go in before it starts.
     data_dir = workdir / "prometheus-data"

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.harness import WebhookSink, require_binary, start_alertmanager, start_prometheus, wait_until
+from tests.harness import WebhookSink, built_binary, start_alertmanager, start_prometheus, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "prometheus"
@@ -74,12 +74,12 @@ def _unit_tests() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    return require_binary("promtool", "/usr/bin/promtool")
+    return built_binary("promtool")
 
 
 @pytest.fixture(scope="module")
 def amtool() -> str:
-    return require_binary("amtool", "/usr/bin/amtool")
+    return built_binary("amtool")
 
 
 def test_files_are_where_the_tests_look() -> None:

@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import make_settings
-from tests.harness import Server, require_binary, wait_until
+from tests.harness import Server, built_binary, wait_until
 from tests.telemetry import MONITOR_DEADLINE_SECONDS, flush_feature_keys, next_bar_batch, predict
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "telemetry.md"
@@ -130,7 +130,7 @@ def test_bucket_bounds_on_the_page(exposition: str) -> None:
 
 
 def test_promtool_accepts_the_page_without_lint_problems(exposition: str) -> None:
-    promtool = require_binary("promtool", "/usr/bin/promtool")
+    promtool = built_binary("promtool")
     result = subprocess.run(
         [promtool, "check", "metrics"],
         input=exposition,

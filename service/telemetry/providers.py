@@ -18,6 +18,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.environment_variables import OTEL_SDK_DISABLED
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
@@ -86,7 +87,13 @@ def setup_telemetry(
 
     The sampler is the argument if given, else what OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG
     say (the SDK reads them), else parent-based always-on.
+
+    OTEL_SDK_DISABLED=true (the SDK's own switch) gives no-op providers: no instrument records, no
+    span is made, no reader or exporter thread runs, FastAPI's telemetry skips itself, and
+    `/metrics` answers an empty exposition.
     """
+    if sdk_disabled():
+        return noop_telemetry()
     resource = build_resource(settings)
     readers: list[MetricReader] = list(extra_metric_readers)
     registry: CollectorRegistry | None = None
@@ -117,6 +124,11 @@ def setup_telemetry(
         prometheus_registry=registry,
         _owned=[meter_provider, tracer_provider],
     )
+
+
+def sdk_disabled() -> bool:
+    """The standard switch, read the way the SDK reads it (case-insensitive "true")."""
+    return os.environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true"
 
 
 def _otlp_enabled(signal: str) -> bool:

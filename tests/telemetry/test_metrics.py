@@ -78,7 +78,18 @@ CONTRACT: dict[str, Expected] = {
     "database.connection.status": _expect("", Gauge),
     "mlflow.connection.status": _expect("", Gauge),
     "service.health.status": _expect("", Gauge),
+    "prediction_log.queue.depth": _expect("{row}", Gauge),
+    "prediction_log.spool.rows": _expect("{row}", Gauge),
+    "prediction_log.spool.size": _expect("By", Gauge),
+    "prediction_log.spool.capacity": _expect("By", Gauge),
+    "prediction_log.oldest_row.age": _expect("s", Gauge),
+    "prediction_log.rows.written": _expect("{row}", Sum),
+    "prediction_log.batch.size": _expect("{row}", Histogram),
+    "prediction_log.write.duration": _expect("s", Histogram),
+    "prediction_log.spool.syncs": _expect("{sync}", Sum),
+    "prediction_log.spool.records": _expect("{record}", Sum),
 }
+# prediction_log.rows.failed is only produced by failures: tests/unit/test_prediction_log.py.
 
 # FastAPI's own server metric: the contract names three of its labels; semconv adds more.
 HTTP_DURATION = "http.server.request.duration"
@@ -87,7 +98,18 @@ HTTP_LABELS = frozenset({"http.route", "http.request.method", "http.response.sta
 # Closed value sets from the contract; anything else is a cardinality leak.
 BOUNDED_VALUES: dict[str, frozenset[str]] = {
     "outcome": frozenset({"success", "error", "failure"}),  # failure: model reloads
-    "reason": frozenset({"unknown_symbol", "invalid_input", "no_data", "model_unavailable", "internal"}),
+    "reason": frozenset(
+        {
+            "unknown_symbol",
+            "invalid_input",
+            "no_data",
+            "model_unavailable",
+            "log_full",
+            "shutting_down",
+            "internal",
+        }
+        | {"unavailable", "rejected", "orphaned_feedback"}  # prediction_log.rows.failed
+    ),
     "level": frozenset({"l1", "redis"}),
     "operation": frozenset({"select", "insert", "update", "delete", "other"}),
     "table": frozenset({"market_bars", "predictions", "alembic_version", "other"}),

@@ -36,6 +36,8 @@ from service.telemetry.providers import Telemetry
 
 log = logging.getLogger(__name__)
 
+PREDICTIONS = Prediction.metadata.tables["predictions"]  # Core, not the ORM: no unit of work needed
+
 FEEDBACK_DEFER_SECONDS = 3600.0
 ADOPT_INTERVAL_SECONDS = 5.0
 RETRY_MIN_SECONDS = 0.05
@@ -216,11 +218,17 @@ class LogWriter:
 
 
 def insert_ignoring_duplicates(session: Session, rows: Sequence[LoggedPrediction]) -> None:
-    """One multi-row INSERT ... ON CONFLICT (id) DO NOTHING, on SQLite and PostgreSQL alike."""
+    """INSERT ... ON CONFLICT (id) DO NOTHING of every row, as one executemany, on both backends.
+
+    One statement compiled once (SQLAlchemy caches it) and a list of parameter sets: SQLite runs
+    the executemany in C, psycopg 3 pipelines it; either way one round of work per batch, in the
+    caller's transaction. (A literal multi-row VALUES statement would be compiled anew for every
+    batch: measured as the writer's largest cost, with the garbage it leaves.)
+    """
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    values = [{**asdict(row), "status": PENDING} for row in rows]
-    session.execute(insert(Prediction).values(values).on_conflict_do_nothing(index_elements=["id"]))
+    statement = insert(PREDICTIONS).on_conflict_do_nothing(index_elements=["id"])
+    session.connection().execute(statement, [{**asdict(row), "status": PENDING} for row in rows])
 
 
 def apply_feedback(session: Session, feedback: LoggedFeedback) -> bool:

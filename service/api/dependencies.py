@@ -16,14 +16,22 @@ def get_container(request: Request) -> Container:
     return container
 
 
-def get_predictions(request: Request) -> PredictionService:
+# Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in its thread pool,
+# a thread hop per request for what is an attribute lookup.
+
+
+async def container_dependency(request: Request) -> Container:
+    return get_container(request)
+
+
+async def predictions_dependency(request: Request) -> PredictionService:
     return get_container(request).predictions
 
 
-def get_feature_store(request: Request) -> FeatureStore:
+async def feature_store_dependency(request: Request) -> FeatureStore:
     return get_container(request).feature_store
 
 
-ContainerDep = Annotated[Container, Depends(get_container)]
-PredictionsDep = Annotated[PredictionService, Depends(get_predictions)]
-FeatureStoreDep = Annotated[FeatureStore, Depends(get_feature_store)]
+ContainerDep = Annotated[Container, Depends(container_dependency)]
+PredictionsDep = Annotated[PredictionService, Depends(predictions_dependency)]
+FeatureStoreDep = Annotated[FeatureStore, Depends(feature_store_dependency)]

@@ -119,6 +119,21 @@ class FeatureStore:
                 span.set_attribute("feature_set.version", lookup.vector.version)
             return lookup
 
+    def get_local(self, symbol: str) -> Lookup | None:
+        """An L1 hit, traced and counted as `get` would; None when L1 lacks it (call `get` then).
+
+        No I/O at all, so the event loop may call it; `get` may wait on Redis or the database.
+        """
+        vector = self._l1_get(symbol)
+        if vector is None:
+            return None
+        with self._telemetry.tracer.start_as_current_span("feature_store.lookup") as span:
+            self._hit("l1")
+            if span.is_recording():
+                span.set_attribute("feature_store.level", "l1")
+                span.set_attribute("feature_set.version", vector.version)
+        return Lookup(vector, "l1")
+
     def _lookup(self, symbol: str) -> Lookup:
         vector = self._l1_get(symbol)
         if vector is not None:

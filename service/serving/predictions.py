@@ -9,6 +9,7 @@ and records the prediction metrics. Outcomes arrive later: when newer bars are i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -16,13 +17,13 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Literal
 
-import numpy as np
 from opentelemetry import trace
 
 from service.model.features import InsufficientHistoryError
 from service.model.manager import ModelManager
 from service.model.served_model import ServedModel
-from service.serving.feature_store import FeatureStore
+from service.serving.feature_store import FeatureStore, Lookup
+from service.serving.inference import InferenceCache
 from service.storage.database import Database
 from service.storage.prediction_log.log import (
     PredictionLog,
@@ -104,6 +105,7 @@ class PredictionService:
         self._models = models
         self._telemetry = telemetry
         self._listeners = tuple(on_served)
+        self._inference = InferenceCache()
 
     def known_symbols(self) -> tuple[str, ...]:
         model = self._models.current
@@ -133,7 +135,7 @@ class PredictionService:
         """Predict every symbol, then log all rows as one durable record: all or nothing.
 
         The answer exists only once its rows are in the prediction log's spool; any failure
-        before that leaves no row behind.
+        before that leaves no row behind. (The API uses `predict_many_async`, the same steps.)
         """
         model = model or self.require_known(list(symbols))
         results: list[PredictionResult] = []
@@ -141,50 +143,85 @@ class PredictionService:
         for symbol in symbols:
             started.append(time.perf_counter())
             try:
-                results.append(self._predict(symbol, model))
+                results.append(self._answer(symbol, model, self._features.get(symbol)))
             except Exception as error:
                 self._record_failure(symbol, model, started[-1], _failure_reason(error))
                 raise
         try:
             self._log.append([_logged(result) for result in results])
         except Exception as error:
-            for result, began in zip(results, started, strict=True):
-                self._record_failure(result.symbol, model, began, _failure_reason(error))
+            self._record_failures(results, started, model, error)
             raise
-        finished = time.perf_counter()
-        for result, began in zip(results, started, strict=True):
-            self._record_success(result, model, finished - began)
+        self._record_successes(results, started, model)
         return results
 
-    def _record_success(self, result: PredictionResult, model: ServedModel, seconds: float) -> None:
-        metrics = self._telemetry.metrics
-        labels = {"symbol": result.symbol, "model_version": model.version}
-        metrics.predictions.add(1, labels)
-        metrics.prediction_confidence.record(result.confidence, labels)
-        metrics.prediction_duration.record(seconds, {**labels, "outcome": "success"})
-        for listener in self._listeners:
-            listener(result, model)
+    async def predict_many_async(
+        self, symbols: Sequence[str], *, model: ServedModel | None = None
+    ) -> list[PredictionResult]:
+        """`predict_many` for the event loop: nothing that can block runs on it.
 
-    def _predict(self, symbol: str, model: ServedModel) -> PredictionResult:
-        lookup = self._features.get(symbol)
+        An L1 hit and a reused model answer are a few dictionary lookups, done inline; a Redis or
+        database lookup goes to a worker thread; the wait for the spool's fsync is awaited.
+        """
+        model = model or self.require_known(list(symbols))
+        results: list[PredictionResult] = []
+        started: list[float] = []
+        for symbol in symbols:
+            started.append(time.perf_counter())
+            try:
+                lookup = self._features.get_local(symbol)
+                if lookup is None:  # Redis or the database: a worker thread waits for it
+                    lookup = await asyncio.to_thread(self._features.get, symbol)
+                results.append(self._answer(symbol, model, lookup))
+            except Exception as error:
+                self._record_failure(symbol, model, started[-1], _failure_reason(error))
+                raise
+        try:
+            await asyncio.wrap_future(self._log.submit([_logged(result) for result in results]))
+        except Exception as error:
+            self._record_failures(results, started, model, error)
+            raise
+        self._record_successes(results, started, model)
+        return results
+
+    def _record_successes(
+        self, results: Sequence[PredictionResult], started: Sequence[float], model: ServedModel
+    ) -> None:
+        finished = time.perf_counter()
+        metrics = self._telemetry.metrics
+        for result, began in zip(results, started, strict=True):
+            labels = {"symbol": result.symbol, "model_version": model.version}
+            metrics.predictions.add(1, labels)
+            metrics.prediction_confidence.record(result.confidence, labels)
+            metrics.prediction_duration.record(finished - began, {**labels, "outcome": "success"})
+            for listener in self._listeners:
+                listener(result, model)
+
+    def _record_failures(
+        self,
+        results: Sequence[PredictionResult],
+        started: Sequence[float],
+        model: ServedModel,
+        error: Exception,
+    ) -> None:
+        for result, began in zip(results, started, strict=True):
+            self._record_failure(result.symbol, model, began, _failure_reason(error))
+
+    def _answer(self, symbol: str, model: ServedModel, lookup: Lookup) -> PredictionResult:
+        """The prediction for these features: the model's answer, reused while nothing changed."""
         vector = lookup.vector
         if vector.names != model.feature_names:
             raise ModelUnavailableError(
                 f"model {model.version} expects features {model.feature_names}; "
                 f"the store serves {vector.names}"
             )
-        with self._telemetry.tracer.start_as_current_span("model.inference") as span:
-            probability_up = model.probability_up(np.asarray(vector.values))
-            if span.is_recording():
-                span.set_attribute("model.version", model.version)
-                span.set_attribute("prediction.probability_up", probability_up)
-        direction: Direction = "up" if probability_up >= 0.5 else "down"
+        answer = self._inference.answer(vector, model, self._telemetry.tracer)
         return PredictionResult(
             prediction_id=new_prediction_id(),
             symbol=symbol,
-            direction=direction,
-            confidence=max(probability_up, 1 - probability_up),
-            probability_up=probability_up,
+            direction=answer.direction,
+            confidence=answer.confidence,
+            probability_up=answer.probability_up,
             model_name=model.name,
             model_version=model.version,
             feature_set=vector.feature_set,
@@ -193,7 +230,7 @@ class PredictionService:
             served_from=lookup.level,
             trace_id=current_trace_id(),
             created_at=datetime.now(UTC),
-            features=dict(zip(vector.names, vector.values, strict=True)),
+            features=answer.features,
         )
 
     def _record_failure(self, symbol: str, model: ServedModel, started: float, reason: str) -> None:

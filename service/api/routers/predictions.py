@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Response, status
+from pydantic import BaseModel
 
 from service.api.dependencies import ContainerDep, PredictionsDep
 from service.api.schemas import (
@@ -36,14 +37,24 @@ def _out(result: PredictionResult) -> PredictionOut:
     return PredictionOut.model_validate(result, from_attributes=True)
 
 
-@router.post("/predict", operation_id="predict", responses=ERRORS)
-def predict(body: PredictRequest, predictions: PredictionsDep) -> PredictionOut:
+def _json(body: BaseModel) -> Response:
+    """The body serialised once, by pydantic: a Response is sent as is, where a returned model would
+    be validated against `response_model` again and serialised by FastAPI (the schema stays in
+    the OpenAPI document through `response_model`)."""
+    return Response(body.model_dump_json(), media_type="application/json")
+
+
+@router.post("/predict", operation_id="predict", responses=ERRORS, response_model=PredictionOut)
+async def predict(body: PredictRequest, predictions: PredictionsDep) -> Response:
     """Direction of the symbol's next bar, with the probability of that direction."""
-    return _out(predictions.predict(body.symbol))
+    (result,) = await predictions.predict_many_async([body.symbol])
+    return _json(_out(result))
 
 
-@router.post("/predict/batch", operation_id="predict_batch", responses=ERRORS)
-def predict_batch(body: BatchPredictRequest, container: ContainerDep) -> BatchPredictionOut:
+@router.post(
+    "/predict/batch", operation_id="predict_batch", responses=ERRORS, response_model=BatchPredictionOut
+)
+async def predict_batch(body: BatchPredictRequest, container: ContainerDep) -> Response:
     """Predictions for several symbols, all or nothing: every symbol is checked before any is
     served, and the rows are logged together once all are computed."""
     limit = container.settings.MAX_BATCH_SYMBOLS
@@ -51,8 +62,8 @@ def predict_batch(body: BatchPredictRequest, container: ContainerDep) -> BatchPr
         raise HTTPException(
             status.HTTP_413_CONTENT_TOO_LARGE, f"{len(body.symbols)} symbols in one batch; at most {limit}"
         )
-    results = container.predictions.predict_many(body.symbols)
-    return BatchPredictionOut(predictions=[_out(result) for result in results])
+    results = await container.predictions.predict_many_async(body.symbols)
+    return _json(BatchPredictionOut(predictions=[_out(result) for result in results]))
 
 
 @router.post(

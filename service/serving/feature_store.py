@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -60,9 +61,13 @@ class FeatureVector:
 
     @classmethod
     def from_redis(cls, symbol: str, fields: dict[str, str]) -> FeatureVector:
+        """Raises ValueError for an entry the model must not see (e.g. written before the checks)."""
+        values = tuple(float(v) for v in json.loads(fields["values"]))
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"non-finite feature values {values}")
         return cls(
             symbol=symbol,
-            values=tuple(float(v) for v in json.loads(fields["values"])),
+            values=values,
             names=tuple(json.loads(fields["names"])),
             feature_set=fields["feature_set"],
             version=fields["version"],

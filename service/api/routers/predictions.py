@@ -2,43 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, status
 
 from service.api.dependencies import ContainerDep, PredictionsDep
+from service.api.responses import BODY, DATABASE, WRITE, errors
 from service.api.schemas import (
     BatchPredictionOut,
     BatchPredictRequest,
-    ErrorOut,
     FeedbackRequest,
     PredictionOut,
     PredictionRecord,
     PredictRequest,
 )
+from service.api.security import WriterDep
+from service.api.strict_json import StrictJSONRoute
 from service.serving.predictions import PredictionResult
 
-router = APIRouter(tags=["predictions"])
+router = APIRouter(tags=["predictions"], route_class=StrictJSONRoute)
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorOut, "description": "Unknown symbol; the message lists the known ones."},
-    409: {"model": ErrorOut, "description": "Not enough bars to compute features."},
-    503: {"model": ErrorOut, "description": "No model loaded or the database is unavailable."},
-}
+PREDICT_ERRORS = errors(*BODY, 404, 409, *DATABASE, d404="Unknown symbol; the body lists the known ones.")
 
 
 def _out(result: PredictionResult) -> PredictionOut:
     return PredictionOut.model_validate(result, from_attributes=True)
 
 
-@router.post("/predict", operation_id="predict", responses=ERRORS)
+@router.post("/predict", operation_id="predict", responses=PREDICT_ERRORS)
 def predict(body: PredictRequest, predictions: PredictionsDep) -> PredictionOut:
     """Direction of the symbol's next bar, with the probability of that direction."""
     return _out(predictions.predict(body.symbol))
 
 
-@router.post("/predict/batch", operation_id="predict_batch", responses=ERRORS)
+@router.post("/predict/batch", operation_id="predict_batch", responses=PREDICT_ERRORS)
 def predict_batch(body: BatchPredictRequest, container: ContainerDep) -> BatchPredictionOut:
     """Predictions for several symbols; every symbol is checked before any is served."""
     limit = container.settings.MAX_BATCH_SYMBOLS
@@ -55,10 +52,16 @@ def predict_batch(body: BatchPredictRequest, container: ContainerDep) -> BatchPr
 @router.post(
     "/feedback",
     operation_id="record_feedback",
-    responses={
-        404: {"model": ErrorOut},
-        409: {"model": ErrorOut, "description": "Already resolved otherwise."},
-    },
+    dependencies=[WriterDep],
+    responses=errors(
+        *BODY,
+        *WRITE,
+        404,
+        409,
+        *DATABASE,
+        d404="No prediction with this id.",
+        d409="The prediction was already resolved with the other direction.",
+    ),
 )
 def record_feedback(body: FeedbackRequest, predictions: PredictionsDep) -> PredictionRecord:
     """Record the realised direction of a prediction explicitly."""
@@ -67,7 +70,9 @@ def record_feedback(body: FeedbackRequest, predictions: PredictionsDep) -> Predi
 
 
 @router.get(
-    "/predictions/{prediction_id}", operation_id="get_prediction", responses={404: {"model": ErrorOut}}
+    "/predictions/{prediction_id}",
+    operation_id="get_prediction",
+    responses=errors(404, 422, *DATABASE, d404="No prediction with this id."),
 )
 def get_prediction(prediction_id: UUID, predictions: PredictionsDep) -> PredictionRecord:
     """A logged prediction with its trace id and, once known, its outcome."""

@@ -25,7 +25,7 @@ from service.monitoring.health import HealthMonitor
 from service.monitoring.outcomes import OutcomeMonitor
 from service.serving.feature_store import FeatureStore
 from service.serving.predictions import PredictionService
-from service.storage.database import Database
+from service.storage.database import Database, PoolLimits
 from service.storage.market_bars import BarIn, count_bars
 from service.storage.migrations import upgrade_to_head
 from service.telemetry.instrumentation import instrument_engine, instrument_redis_client
@@ -72,7 +72,14 @@ class Container:
 def build_container(settings: Settings, telemetry: Telemetry | None = None) -> Container:
     telemetry = telemetry or noop_telemetry()
     settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
-    database = Database(settings.DATABASE_URL)
+    database = Database(
+        settings.DATABASE_URL,
+        PoolLimits(
+            size=settings.DATABASE_POOL_SIZE,
+            max_overflow=settings.DATABASE_MAX_OVERFLOW,
+            timeout_seconds=settings.DATABASE_POOL_TIMEOUT_SECONDS,
+        ),
+    )
     instrument_engine(database.engine, telemetry)
     redis_client = make_redis(settings)
     if redis_client is not None:

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from service import __version__
+from service.api.body_limit import BodyLimitMiddleware
 from service.api.errors import add_error_handlers
 from service.api.openapi import install_openapi
 from service.api.routers import feature_store, market_data, models, operations, predictions
@@ -62,7 +63,6 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        max_body_size=settings.MAX_BODY_BYTES,  # 413 before a huge body is read into memory
         telemetry={
             "tracer_provider": telemetry.tracer_provider,  # type: ignore[typeddict-item]
             "meter_provider": telemetry.meter_provider,  # type: ignore[typeddict-item]
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
     ):
         app.include_router(router)
     add_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)  # 413 before reading it
     install_openapi(app, settings)
     return app
 

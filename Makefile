@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha2
 PORT   ?= 8000
 HOST   ?= 0.0.0.0
 
-.PHONY: install run test lint typecheck system-deps collector prometheus jaeger tools pytest bench dashboards clean
+.PHONY: install run test lint typecheck audit system-deps collector prometheus jaeger tools pytest bench dashboards clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ lint: install
 typecheck: install
 	$(BIN)/mypy service
 
+# Known vulnerabilities in every pinned version (needs PyPI); findings fail, see README "Supply chain".
+audit: install
+	$(BIN)/python scripts/audit_lock.py requirements.lock
+
 pytest: install
 	OTELCOL_BIN="$$(scripts/build-collector.sh | tail -n 1)" \
 	PROMETHEUS_BIN="$$(scripts/build-prometheus.sh prometheus | tail -n 1)" \
@@ -58,7 +62,7 @@ pytest: install
 	JAEGER_BIN="$$(scripts/build-jaeger.sh | tail -n 1)" \
 	$(BIN)/pytest
 
-test: install system-deps tools lint typecheck pytest
+test: install system-deps tools lint typecheck audit pytest
 
 bench: install
 	$(BIN)/python benchmarks/telemetry_overhead.py

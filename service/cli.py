@@ -17,9 +17,16 @@ import uvicorn
 from rich.console import Console
 
 from service.config import Settings, get_settings
-from service.container import Container, bootstrap, build_container, seed_if_empty, train_and_register
+from service.container import (
+    Container,
+    bootstrap,
+    build_container,
+    ingest_bars,
+    seed_if_empty,
+    train_and_register,
+)
 from service.market.csv_import import CsvFormatError, parse_timestamp, read_csv_bars
-from service.market.ingestion import InvalidBatchError, ingest
+from service.market.ingestion import InvalidBatchError
 from service.market.synthetic import next_bar_index, synthetic_bars_after
 from service.storage.market_bars import last_bar
 from service.storage.migrations import upgrade_to_head
@@ -103,10 +110,7 @@ def seed(
             from service.market.synthetic import synthetic_bars
 
             for symbol in settings.SYMBOLS:
-                ingest(
-                    synthetic_bars(symbol, count=settings.SEED_DAYS, seed=settings.SEED),
-                    database=container.database,
-                )
+                ingest_bars(container, synthetic_bars(symbol, count=settings.SEED_DAYS, seed=settings.SEED))
         else:
             stored = seed_if_empty(container)
             if not stored:
@@ -127,7 +131,7 @@ def import_csv(
         raise typer.Exit(2) from error
     with _container(settings) as container, _step(f"importing {len(bars)} bars from {path}"):
         try:
-            result = ingest(bars, database=container.database)
+            result = ingest_bars(container, bars)
         except InvalidBatchError as error:
             console.print(f"[red]rejected, nothing written:[/red] {error}")
             raise typer.Exit(2) from error
@@ -184,7 +188,11 @@ def advance(
             bars += synthetic_bars_after(
                 symbol, after=newest.ts, count=days, seed=settings.SEED, shift_from=shift
             )
-        result = ingest(bars, database=container.database, predictions=container.predictions)
+        try:
+            result = ingest_bars(container, bars)
+        except InvalidBatchError as error:
+            console.print(f"[red]rejected, nothing written:[/red] {error}")
+            raise typer.Exit(2) from error
     console.print(f"appended {result.inserted} bars, resolved {result.resolved_predictions} predictions")
 
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SYMBOL_PATTERN = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
@@ -61,6 +61,21 @@ class Settings(BaseSettings):
     BOOTSTRAP: bool = True  # migrate, seed an empty database, train when no champion exists
     MAX_BATCH_BARS: int = Field(default=5000, gt=0)
     MAX_BATCH_SYMBOLS: int = Field(default=50, gt=0)
+    MAX_BODY_BYTES: int = Field(default=2 * 1024 * 1024, gt=0)  # 5000 bars are about 0.75 MB
+
+    # Bounds every bar obeys (API, CSV import, synthetic market): far above any real quote, far
+    # below what overflows a feature computation.
+    MAX_PRICE: float = Field(default=1e6, gt=0, allow_inf_nan=False)
+    MAX_VOLUME: int = Field(default=10**12, gt=0)
+    MAX_FUTURE_SKEW_SECONDS: float = Field(default=300.0, ge=0, allow_inf_nan=False)
+
+    # Writes (POST /market-data, POST /feedback) need this key in X-API-Key when it is set;
+    # unset, only loopback clients may write.
+    API_KEY: SecretStr | None = None
+
+    DATABASE_POOL_SIZE: int = Field(default=10, gt=0)
+    DATABASE_MAX_OVERFLOW: int = Field(default=10, ge=0)
+    DATABASE_POOL_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
 
     SERVICE_NAME: str = "prediction-api"
     DEPLOYMENT_ENVIRONMENT: str = "local"
@@ -83,6 +98,12 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("SYMBOLS must name at least one symbol")
         return sorted(set(value))
+
+    @field_validator("API_KEY")
+    @classmethod
+    def _no_blank_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty API_KEY means "no key", not "the empty string is the key"."""
+        return value if value is not None and value.get_secret_value().strip() else None
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:

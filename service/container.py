@@ -7,13 +7,16 @@ the same database and registry in the same way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis
 
 from service.config import Settings
+from service.market.ingestion import IngestResult, ingest
 from service.market.synthetic import synthetic_bars
+from service.market.validation import BarLimits
 from service.model.manager import ModelManager
 from service.model.registry import ModelRegistry
 from service.model.training import build_dataset, train
@@ -22,8 +25,8 @@ from service.monitoring.health import HealthMonitor
 from service.monitoring.outcomes import OutcomeMonitor
 from service.serving.feature_store import FeatureStore
 from service.serving.predictions import PredictionService
-from service.storage.database import Database
-from service.storage.market_bars import count_bars, upsert_bars
+from service.storage.database import Database, PoolLimits
+from service.storage.market_bars import BarIn, count_bars
 from service.storage.migrations import upgrade_to_head
 from service.storage.prediction_log.log import PredictionLog
 from service.telemetry.instrumentation import instrument_engine, instrument_redis_client
@@ -74,7 +77,14 @@ class Container:
 def build_container(settings: Settings, telemetry: Telemetry | None = None) -> Container:
     telemetry = telemetry or noop_telemetry()
     settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
-    database = Database(settings.DATABASE_URL)
+    database = Database(
+        settings.DATABASE_URL,
+        PoolLimits(
+            size=settings.DATABASE_POOL_SIZE,
+            max_overflow=settings.DATABASE_MAX_OVERFLOW,
+            timeout_seconds=settings.DATABASE_POOL_TIMEOUT_SECONDS,
+        ),
+    )
     instrument_engine(database.engine, telemetry)
     redis_client = make_redis(settings)
     if redis_client is not None:
@@ -156,6 +166,19 @@ def make_redis(settings: Settings) -> redis.Redis | None:
     )
 
 
+def ingest_bars(container: Container, bars: Sequence[BarIn]) -> IngestResult:
+    """The one way every writer (API, CLI, seed) stores bars: validated against the configured
+    bounds, then the symbols' cached features invalidated (L1 and Redis) and due outcomes resolved.
+    """
+    return ingest(
+        bars,
+        database=container.database,
+        limits=BarLimits.from_settings(container.settings),
+        feature_store=container.feature_store,
+        predictions=container.predictions,
+    )
+
+
 # --- bootstrap: what `make run` needs on a fresh machine -------------------------------------------
 
 
@@ -168,8 +191,7 @@ def seed_if_empty(container: Container) -> int:
     stored = 0
     for symbol in settings.SYMBOLS:
         bars = synthetic_bars(symbol, count=settings.SEED_DAYS, seed=settings.SEED)
-        with container.database.session() as session:
-            stored += upsert_bars(session, bars=bars).inserted
+        stored += ingest_bars(container, bars).inserted
     log.info("seeded synthetic market", extra={"bars": stored, "symbols": settings.SYMBOLS})
     return stored
 

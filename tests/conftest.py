@@ -97,6 +97,10 @@ def container(settings: Settings) -> Iterator[Container]:
 
 ClientFactory = Callable[..., TestClient]
 
+# Requests come from a loopback address, as from `curl localhost` (TestClient's default
+# "testclient" is no address at all): with no API_KEY set, loopback clients may write.
+LOOPBACK_CLIENT = ("127.0.0.1", 50000)
+
 
 @pytest.fixture
 def make_client() -> Iterator[ClientFactory]:
@@ -104,7 +108,9 @@ def make_client() -> Iterator[ClientFactory]:
     opened: list[TestClient] = []
 
     def build(settings: Settings, telemetry: Telemetry | None = None) -> TestClient:
-        client = TestClient(create_app(settings, telemetry), raise_server_exceptions=False)
+        client = TestClient(
+            create_app(settings, telemetry), raise_server_exceptions=False, client=LOOPBACK_CLIENT
+        )
         client.__enter__()
         opened.append(client)
         return client

@@ -15,8 +15,11 @@ from typing import Any
 from fastapi import FastAPI
 
 from service import __version__
+from service.api.body_limit import BodyLimitMiddleware
 from service.api.errors import add_error_handlers
+from service.api.openapi import install_openapi
 from service.api.routers import feature_store, market_data, models, operations, predictions
+from service.api.security import log_write_policy
 from service.config import Settings, get_settings
 from service.container import bootstrap, build_container
 from service.telemetry.providers import Telemetry, setup_telemetry
@@ -45,6 +48,7 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
         container = build_container(settings, telemetry)
         try:
             bootstrap(container)
+            log_write_policy(settings)
             container.health.check_now()
             container.start_background()
             app.state.container = container
@@ -78,6 +82,8 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
     ):
         app.include_router(router)
     add_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)  # 413 before reading it
+    install_openapi(app, settings)
     return app
 
 

@@ -2,29 +2,86 @@
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from service.config import SYMBOL_PATTERN
-from service.market.validation import validate_bar
 from service.storage.market_bars import BarIn
 from service.storage.tables import as_utc
 
+# What a client may send as a symbol: a ticker in any case, optionally padded with spaces.
+# The same text is the OpenAPI `pattern`; ASCII-only classes mean the same in ECMA-262 and Python.
+SYMBOL_INPUT_PATTERN = r" *[A-Za-z][A-Za-z0-9.\-]{0,9} *"
+_SYMBOL_INPUT = re.compile(SYMBOL_INPUT_PATTERN)
+
 
 def normalise_symbol(value: str) -> str:
-    symbol = value.strip().upper()
-    if not SYMBOL_PATTERN.match(symbol):
+    if not _SYMBOL_INPUT.fullmatch(value):
         raise ValueError(f"{value!r} is not a ticker symbol (letters, digits, '.', '-'; at most 10)")
+    symbol = value.strip().upper()
+    assert SYMBOL_PATTERN.match(symbol)
     return symbol
 
 
 Symbol = Annotated[
     str,
-    Field(min_length=1, max_length=12, examples=["AAPL"], description="Ticker; case-insensitive."),
+    Field(
+        min_length=1,
+        max_length=12,
+        examples=["AAPL"],
+        description="Ticker; case-insensitive, surrounding spaces ignored.",
+        json_schema_extra={"pattern": f"^{SYMBOL_INPUT_PATTERN}$"},
+    ),
     AfterValidator(normalise_symbol),
+]
+
+# Strict: a JSON integer is a number, `true` and "10.5" are not. Non-finite values (NaN,
+# Infinity, 1e400) are refused here and, earlier, by the JSON parser (strict_json.py). The upper
+# bounds come from the settings (MAX_PRICE, MAX_VOLUME): the OpenAPI document states them
+# (openapi.py) and ingestion enforces them with every other bar rule (market/validation.py).
+Price = Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)]
+
+
+def whole_number(value: object) -> object:
+    """A JSON integer, or a number with no fraction (JSON Schema's `integer`); never a bool."""
+    if isinstance(value, bool):
+        raise ValueError("volume must be a whole number, not a boolean")
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, int):
+        return value
+    raise ValueError("volume must be a whole number")
+
+
+Volume = Annotated[int, Field(ge=0), BeforeValidator(whole_number)]
+
+_ISO_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}:?\d{2})?")
+
+
+def iso_date_time(value: object) -> object:
+    """Only ISO 8601 text: pydantic would also take 0 or "1700000000" as Unix times.
+
+    A datetime passes too: JSON never makes one, Python callers (`from_bar_in`) do.
+    """
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE_TIME.fullmatch(value):
+        raise ValueError("timestamp must be an ISO 8601 date-time, e.g. 2024-03-01T21:00:00Z")
+    return value
+
+
+Timestamp = Annotated[
+    datetime,
+    Field(
+        description="Bar close time, ISO 8601; naive times are UTC. At most MAX_FUTURE_SKEW_SECONDS "
+        "(300 by default) ahead of the server's clock."
+    ),
+    BeforeValidator(iso_date_time),
 ]
 
 
@@ -32,24 +89,22 @@ class Bar(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     symbol: Symbol
-    timestamp: datetime = Field(description="Bar close time, ISO 8601; naive times are UTC.")
-    open: float = Field(gt=0)
-    high: float = Field(gt=0)
-    low: float = Field(gt=0)
-    close: float = Field(gt=0)
-    volume: float = Field(ge=0)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Bar:
-        """The same rules as CSV imports and the CLI (market_data.validate_bar)."""
-        problems = validate_bar(self.to_bar_in())
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+    timestamp: Timestamp
+    open: Price
+    high: Price = Field(description="At least open, close and low.")
+    low: Price = Field(description="At most open, close and high.")
+    close: Price
+    volume: Volume
 
     def to_bar_in(self) -> BarIn:
         return BarIn(
-            self.symbol, as_utc(self.timestamp), self.open, self.high, self.low, self.close, self.volume
+            self.symbol,
+            as_utc(self.timestamp),
+            self.open,
+            self.high,
+            self.low,
+            self.close,
+            float(self.volume),
         )
 
     @classmethod
@@ -62,7 +117,7 @@ class Bar(BaseModel):
             high=bar.high,
             low=bar.low,
             close=bar.close,
-            volume=bar.volume,
+            volume=int(bar.volume),
         )
 
 
@@ -88,7 +143,11 @@ class PredictRequest(BaseModel):
 class BatchPredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    symbols: list[Symbol] = Field(min_length=1)
+    symbols: list[Symbol] = Field(
+        min_length=1,
+        description="At most MAX_BATCH_SYMBOLS (50 by default); no symbol twice, in any case.",
+        json_schema_extra={"uniqueItems": True},
+    )
 
     @field_validator("symbols")
     @classmethod
@@ -194,5 +253,18 @@ class ModelsOut(BaseModel):
     detail: str | None = None
 
 
+class Problem(BaseModel):
+    location: str = Field(description="Where in the request, e.g. `body.bars.0.close`.")
+    message: str
+
+
 class ErrorOut(BaseModel):
-    detail: Any
+    """The body of every error answer (4xx and 503); optional keys say more where they apply."""
+
+    detail: str = Field(description="What went wrong, in words.")
+    problems: list[Problem] | None = Field(
+        default=None, description="400 and 422: every problem found in the request."
+    )
+    known_symbols: list[str] | None = Field(default=None, description="404 for an unknown symbol.")
+    feature: str | None = Field(default=None, description="409 for unusable features: which feature.")
+    bar: datetime | None = Field(default=None, description="409 for unusable features: the bar to fix.")

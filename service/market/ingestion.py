@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from service.market.validation import duplicate_keys, validate_bar
+from service.market.validation import DEFAULT_LIMITS, BarLimits, duplicate_keys, validate_bar
 from service.serving.feature_store import FeatureStore
 from service.serving.predictions import PredictionService
 from service.storage.database import Database
@@ -34,12 +35,13 @@ class IngestResult:
     resolved_predictions: int
 
 
-def check_batch(bars: Sequence[BarIn]) -> None:
+def check_batch(bars: Sequence[BarIn], limits: BarLimits = DEFAULT_LIMITS) -> None:
     """Every problem of the batch at once, so a caller can fix them in one go."""
+    now = datetime.now(UTC)
     problems = [
         f"bar {index} ({bar.symbol}@{bar.ts.isoformat()}): {problem}"
         for index, bar in enumerate(bars)
-        for problem in validate_bar(bar)
+        for problem in validate_bar(bar, limits, now=now)
     ]
     problems += [f"duplicated bar in batch: {key}" for key in duplicate_keys(bars)]
     if problems:
@@ -50,10 +52,16 @@ def ingest(
     bars: Sequence[BarIn],
     *,
     database: Database,
+    limits: BarLimits = DEFAULT_LIMITS,
     feature_store: FeatureStore | None = None,
     predictions: PredictionService | None = None,
 ) -> IngestResult:
-    check_batch(bars)
+    """Validate, store, then invalidate the symbols' cached features and resolve what is due.
+
+    Every writer (API, CLI import, advance, seed) comes through here, so caches never serve
+    features of bars that have been replaced.
+    """
+    check_batch(bars, limits)
     if predictions is not None:
         predictions.flush_log()  # this process's spooled rows first, so the bars resolve them here
     with database.session() as session:

@@ -6,12 +6,16 @@ offline and another way online. Each feature only looks backwards from its bar.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
+from service.market.validation import validate_bar
+from service.storage.market_bars import BarIn
 from service.storage.tables import MarketBar
 
 
@@ -45,6 +49,24 @@ FEATURE_SET = FeatureSet(
 
 class InsufficientHistoryError(ValueError):
     """Too few bars to compute every feature of the newest bar."""
+
+
+class UnusableFeaturesError(InsufficientHistoryError):
+    """A feature of the newest bar is not a finite number: a bar in the window is absurd.
+
+    Such a vector never reaches the model. It is a kind of missing data (the prediction path
+    counts it as `no_data`); the answer names the feature and the bar, and re-posting a corrected
+    bar heals the symbol at once.
+    """
+
+    def __init__(self, *, symbol: str, feature: str, bar: datetime, reason: str) -> None:
+        self.symbol = symbol
+        self.feature = feature
+        self.bar = bar
+        super().__init__(
+            f"feature {feature} of {symbol} is not a finite number: bar {bar.isoformat()} {reason}; "
+            "re-post a corrected bar to heal the symbol"
+        )
 
 
 def bars_frame(bars: Sequence[MarketBar]) -> pd.DataFrame:
@@ -103,10 +125,27 @@ def latest_vector(bars: Sequence[MarketBar]) -> np.ndarray:
             f"{len(bars)} bars available, {FEATURE_SET.min_bars} needed to compute features"
         )
     row = feature_frame(bars_frame(bars)).iloc[-1]
-    if row.isna().any():
-        raise InsufficientHistoryError(f"features undefined: {list(row[row.isna()].index)}")
+    unusable = [str(name) for name, value in row.items() if not math.isfinite(float(value))]
+    if unusable:
+        raise _unusable(bars, unusable[0])
     vector: np.ndarray = row.to_numpy(dtype=float)
     return vector
+
+
+def _unusable(bars: Sequence[MarketBar], feature: str) -> UnusableFeaturesError:
+    """Blame the newest bar of the window that breaks the bar rules (else the newest bar)."""
+    for bar in reversed(bars):
+        problems = validate_bar(
+            BarIn(bar.symbol, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume), now=bar.ts
+        )
+        if problems:
+            return UnusableFeaturesError(
+                symbol=bar.symbol, feature=feature, bar=bar.ts, reason="is invalid: " + "; ".join(problems)
+            )
+    newest = bars[-1]
+    return UnusableFeaturesError(
+        symbol=newest.symbol, feature=feature, bar=newest.ts, reason="yields it from valid bars"
+    )
 
 
 def training_frame(bars: pd.DataFrame) -> pd.DataFrame:

@@ -75,13 +75,13 @@ class ModelManager:
             self._current = model
         metrics = self._telemetry.metrics
         metrics.model_reloads.add(1, {"outcome": "success"})
-        if previous is not None and previous.version != model.version:
-            metrics.model_info.set(0, _info_labels(previous))
-        metrics.model_info.set(1, _info_labels(model))
-        for feature, importance in model.importances.items():
-            metrics.model_feature_importance.set(
-                importance, {"feature": feature, "model_version": model.version}
-            )
+        # From the next collection on, only this version's per-version series are reported.
+        metrics.served_version.version = model.version
+        metrics.model_info.replace([(_info_labels(model), 1)])
+        metrics.model_feature_importance.replace(
+            ({"feature": feature, "model_version": model.version}, importance)
+            for feature, importance in model.importances.items()
+        )
         log.info(
             "serving model",
             extra={

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,6 +27,7 @@ from service.monitoring.drift import psi
 from service.serving.predictions import PredictionResult
 from service.storage.database import Database
 from service.storage.market_bars import recent_bars
+from service.telemetry.current_state import Point
 from service.telemetry.providers import Telemetry
 
 
@@ -95,12 +97,13 @@ class DriftMonitor:
             return
         with self._lock:
             windows = {symbol: np.array([v for _, v in w]) for symbol, w in self._windows.items()}
-        for symbol, served in windows.items():
-            if symbol not in model.symbols or len(served) < self._min_window:
-                continue
-            score = self._score(symbol, served, model)
-            self._publish(score)
-            self.latest[symbol] = score
+        scores = {
+            symbol: self._score(symbol, served, model)
+            for symbol, served in windows.items()
+            if symbol in model.symbols and len(served) >= self._min_window
+        }
+        self._publish(scores.values())
+        self.latest = scores
 
     def _score(self, symbol: str, served: np.ndarray, model: ServedModel) -> DriftScore:
         assert model.reference is not None
@@ -126,14 +129,21 @@ class DriftMonitor:
             window=len(served),
         )
 
-    def _publish(self, score: DriftScore) -> None:
-        labels = {"symbol": score.symbol, "model_version": score.model_version}
-        if score.score is not None:
-            self._metrics.model_drift_score.set(score.score, labels)
-        if score.prediction is not None:
-            self._metrics.model_prediction_drift.set(score.prediction, labels)
-        for feature, value in score.features.items():
-            self._metrics.model_feature_drift.set(value, {**labels, "feature": feature})
+    def _publish(self, scores: Iterable[DriftScore]) -> None:
+        """Replace every drift series: a symbol without a score this round reports none."""
+        overall: list[Point] = []
+        prediction: list[Point] = []
+        features: list[Point] = []
+        for score in scores:
+            labels = {"symbol": score.symbol, "model_version": score.model_version}
+            if score.score is not None:
+                overall.append((labels, score.score))
+            if score.prediction is not None:
+                prediction.append((labels, score.prediction))
+            features += [({**labels, "feature": name}, value) for name, value in score.features.items()]
+        self._metrics.model_drift_score.replace(overall)
+        self._metrics.model_prediction_drift.replace(prediction)
+        self._metrics.model_feature_drift.replace(features)
 
     def start(self) -> None:
         self._task.start()

@@ -8,6 +8,7 @@ computation take over; MLflow: the loaded model keeps serving), `ok` otherwise.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from service.model.registry import ModelRegistry
 from service.storage.database import Database
 from service.storage.prediction_log.log import PredictionLog
 from service.telemetry.providers import Telemetry
+
+log = logging.getLogger(__name__)
 
 Status = Literal["ok", "degraded", "down"]
 STATUS_VALUE: dict[Status, int] = {"ok": 2, "degraded": 1, "down": 0}
@@ -43,14 +46,17 @@ class HealthReport:
     checked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-def timed_check(probe: Callable[[], Any]) -> ComponentHealth:
+def timed_check(name: str, probe: Callable[[], Any]) -> ComponentHealth:
+    """Up or down with latency; why it is down goes to the log, not to anonymous callers."""
     started = time.perf_counter()
     try:
         probe()
     except Exception as error:
-        return ComponentHealth(
-            up=False, latency_ms=_ms(started), detail=f"{type(error).__name__}: {error}"[:300]
+        log.warning(
+            "health check failed",
+            extra={"component": name, "error": type(error).__name__, "reason": str(error)[:300]},
         )
+        return ComponentHealth(up=False, latency_ms=_ms(started), detail=f"{name} unreachable (see the logs)")
     return ComponentHealth(up=True, latency_ms=_ms(started))
 
 
@@ -85,10 +91,10 @@ class HealthMonitor:
 
     def check_now(self) -> HealthReport:
         components = {
-            "database": timed_check(self._database.ping),
+            "database": timed_check("database", self._database.ping),
             "prediction_log": self._prediction_log_health(),
             "redis": self._redis_health(),
-            "mlflow": timed_check(self._registry.ping),
+            "mlflow": timed_check("mlflow", self._registry.ping),
             "model": self._model_health(),
         }
         report = HealthReport(status=overall(components), components=components)
@@ -100,7 +106,7 @@ class HealthMonitor:
         client = self._redis
         if client is None:
             return ComponentHealth(up=False, detail="REDIS_URL not set: L1 cache only", configured=False)
-        return timed_check(client.ping)
+        return timed_check("redis", client.ping)
 
     def _prediction_log_health(self) -> ComponentHealth:
         status = self._prediction_log.status()
@@ -115,7 +121,8 @@ class HealthMonitor:
     def _model_health(self) -> ComponentHealth:
         model = self._models.current
         if model is None:
-            return ComponentHealth(up=False, detail=self._models.last_error or "no model loaded")
+            # last_error holds the registry's exception text: logged by the manager, not shown here.
+            return ComponentHealth(up=False, detail="no model loaded (see the logs)")
         return ComponentHealth(up=True, detail=f"{model.name} version {model.version} (from {model.source})")
 
     def _export(self, report: HealthReport) -> None:

@@ -39,15 +39,18 @@ class OutcomeMonitor:
                 session, since=datetime.now(UTC) - self._window, per_group_limit=self._window_predictions
             )
             pending = pending_counts(session)
-        for row in rows:
-            labels = {"symbol": row.symbol, "model_version": row.model_version}
-            self._metrics.model_accuracy.set(row.accuracy, labels)
-            self._metrics.model_resolved.set(row.resolved, labels)
-        for symbol, count in pending.items():
-            self._metrics.model_pending.set(count, {"symbol": symbol})
-        for symbol in set(self._published_pending) - set(pending):
-            self._metrics.model_pending.set(0, {"symbol": symbol})
-        self._published_pending = set(pending)
+        # Rows of every version are published; the gauges report the served version's only.
+        self._metrics.model_accuracy.replace(
+            ({"symbol": row.symbol, "model_version": row.model_version}, row.accuracy) for row in rows
+        )
+        self._metrics.model_resolved.replace(
+            ({"symbol": row.symbol, "model_version": row.model_version}, row.resolved) for row in rows
+        )
+        # A symbol that had pending predictions reports 0 once they are resolved (not no series).
+        self._published_pending |= set(pending)
+        self._metrics.model_pending.replace(
+            ({"symbol": symbol}, pending.get(symbol, 0)) for symbol in sorted(self._published_pending)
+        )
         self.latest = {(r.symbol, r.model_version): (r.accuracy, r.resolved) for r in rows}
 
     def start(self) -> None:

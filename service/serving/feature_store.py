@@ -4,6 +4,12 @@ A lookup tries L1 (a TTL cache in this process), then Redis (one hash per symbol
 then computes from the newest bars and writes the result back to both levels. New bars for a
 symbol invalidate its entries on both levels.
 
+Invalidation bumps the symbol's generation. A lookup notes the generation before it reads
+(Redis) or computes (database) and writes its vector back only if the generation is unchanged,
+under the same lock as invalidation: a computation that started before an ingest can never put
+its stale vector back after the ingest invalidated the symbol. (Within one process; another
+worker's in-flight computation can still write to Redis, where the TTL bounds it.)
+
 Redis is optional and allowed to fail: any Redis error opens a short circuit breaker
 (`retry_after` seconds) during which lookups skip Redis, so an outage costs one timeout per
 window instead of one per request. The next try after the window uses Redis again: no restart.
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -60,9 +67,13 @@ class FeatureVector:
 
     @classmethod
     def from_redis(cls, symbol: str, fields: dict[str, str]) -> FeatureVector:
+        """Raises ValueError for an entry the model must not see (e.g. written before the checks)."""
+        values = tuple(float(v) for v in json.loads(fields["values"]))
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"non-finite feature values {values}")
         return cls(
             symbol=symbol,
-            values=tuple(float(v) for v in json.loads(fields["values"])),
+            values=values,
             names=tuple(json.loads(fields["names"])),
             feature_set=fields["feature_set"],
             version=fields["version"],
@@ -104,8 +115,12 @@ class FeatureStore:
         )
         self._l1_lock = threading.Lock()
         self._compute_locks: dict[str, threading.Lock] = {}
+        # Held while invalidating and while writing back, never while computing.
+        self._write_lock = threading.Lock()
+        self._generations: dict[str, int] = {}
         self._redis_skip_until = 0.0
         self._redis_last_error: str | None = None
+        self._counts_lock = threading.Lock()
         self._counts = {"l1_hits": 0, "redis_hits": 0, "misses": 0, "redis_errors": 0}
 
     # --- lookups ---------------------------------------------------------------------------------
@@ -139,9 +154,10 @@ class FeatureStore:
         if vector is not None:
             self._hit("l1")
             return Lookup(vector, "l1")
+        generation = self._generation(symbol)
         vector = self._redis_get(symbol)
         if vector is not None:
-            self._l1_put(vector)
+            self._write_back(vector, generation, redis_too=False)
             self._hit("redis")
             return Lookup(vector, "redis")
         with self._compute_lock(symbol):
@@ -149,12 +165,28 @@ class FeatureStore:
             if vector is not None:
                 self._hit("l1")
                 return Lookup(vector, "l1")
+            generation = self._generation(symbol)
             vector = self.compute(symbol)
-        self._counts["misses"] += 1
+        self._count("misses")
         self._telemetry.metrics.feature_store_misses.add(1)
-        self._l1_put(vector)
-        self._redis_put(vector)
+        self._write_back(vector, generation, redis_too=True)
         return Lookup(vector, "computed")
+
+    def _generation(self, symbol: str) -> int:
+        with self._write_lock:
+            return self._generations.get(symbol, 0)
+
+    def _write_back(self, vector: FeatureVector, generation: int, *, redis_too: bool) -> None:
+        """Cache the vector unless the symbol was invalidated since it was read or computed."""
+        with self._write_lock:
+            if self._generations.get(vector.symbol, 0) != generation:
+                log.info(
+                    "discarding a vector computed before an invalidation", extra={"symbol": vector.symbol}
+                )
+                return
+            self._l1_put(vector)
+            if redis_too:
+                self._redis_put(vector)
 
     def compute(self, symbol: str) -> FeatureVector:
         """Features straight from the newest bars in the database (no cache involved)."""
@@ -186,8 +218,13 @@ class FeatureStore:
 
     def invalidate(self, symbols: list[str]) -> None:
         """Drop the symbols' entries on both levels (called when new bars arrive)."""
-        self.drop_local(symbols)
-        self._redis_call(lambda client: client.delete(*[self.redis_key(s) for s in symbols]))
+        if not symbols:
+            return
+        with self._write_lock:
+            for symbol in symbols:
+                self._generations[symbol] = self._generations.get(symbol, 0) + 1
+            self.drop_local(symbols)
+            self._redis_call(lambda client: client.delete(*[self.redis_key(s) for s in symbols]))
 
     # --- L1 --------------------------------------------------------------------------------------
 
@@ -201,8 +238,12 @@ class FeatureStore:
             self._l1[vector.symbol] = (vector, self._l1.timer())
 
     def _hit(self, level: Literal["l1", "redis"]) -> None:
-        self._counts[f"{level}_hits"] += 1
+        self._count(f"{level}_hits")
         self._telemetry.metrics.feature_store_hits.add(1, {"level": level})
+
+    def _count(self, name: str) -> None:
+        with self._counts_lock:  # `+=` on a dict value is not atomic across threads
+            self._counts[name] += 1
 
     def _compute_lock(self, symbol: str) -> threading.Lock:
         with self._l1_lock:
@@ -243,7 +284,7 @@ class FeatureStore:
             result = operation(self._redis)
         except redis.RedisError as error:
             self._redis_skip_until = time.monotonic() + self._retry_after
-            self._counts["redis_errors"] += 1
+            self._count("redis_errors")
             self._redis_last_error = type(error).__name__
             log.warning("redis unavailable, serving without L2", extra={"error": type(error).__name__})
             return None
@@ -258,7 +299,8 @@ class FeatureStore:
 
     def stats(self) -> dict[str, Any]:
         """Hits and misses per level since start, hit rates, keys held, Redis reachability."""
-        counts = dict(self._counts)
+        with self._counts_lock:
+            counts = dict(self._counts)
         lookups = counts["l1_hits"] + counts["redis_hits"] + counts["misses"]
         hits = counts["l1_hits"] + counts["redis_hits"]
         redis_keys = self._redis_call(

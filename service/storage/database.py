@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -14,13 +15,31 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(database_url: str) -> Engine:
+@dataclass(frozen=True)
+class PoolLimits:
+    """Connections held and how long a request waits for one; past that, SQLAlchemy raises its
+    TimeoutError, which the API answers with 503 and Retry-After (pool exhaustion is load)."""
+
+    size: int = 10
+    max_overflow: int = 10
+    timeout_seconds: float = 5.0
+
+
+def make_engine(database_url: str, pool: PoolLimits | None = None) -> Engine:
     """An engine tuned per backend: WAL and a busy timeout for SQLite, pre-ping for PostgreSQL."""
+    pool = pool or PoolLimits()
+    limits: dict[str, Any] = {
+        "pool_size": pool.size,
+        "max_overflow": pool.max_overflow,
+        "pool_timeout": pool.timeout_seconds,
+    }
     if database_url.startswith("sqlite"):
-        engine = create_engine(database_url, connect_args={"check_same_thread": False, "timeout": 15})
+        engine = create_engine(
+            database_url, connect_args={"check_same_thread": False, "timeout": 15}, **limits
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=10, pool_timeout=5)
+    return create_engine(database_url, pool_pre_ping=True, **limits)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -34,9 +53,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """Engine plus session factory; one per process, created in the app's lifespan."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, pool: PoolLimits | None = None) -> None:
         self.url = database_url
-        self.engine = make_engine(database_url)
+        self.engine = make_engine(database_url, pool)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -16,6 +16,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from service.market.validation import is_sound
 from service.storage.tables import PENDING, RESOLVED, MarketBar, Prediction
 
 
@@ -81,6 +82,8 @@ def _resolve_against_bars(
         if i is None or i + 1 >= len(bars):
             continue
         base, nxt = bars[i], bars[i + 1]
+        if not (is_sound(close=base.close) and is_sound(close=nxt.close)):
+            continue  # an unusable stored bar decides nothing; re-posting it corrected resolves
         actual = "up" if nxt.close > base.close else "down"
         session.execute(
             update(Prediction)

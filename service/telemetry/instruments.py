@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from opentelemetry import metrics
 
+from service.telemetry.current_state import CurrentState, ServedVersion
+
 # Seconds. 2 s and 5 s are the seed's latency SLO / alert thresholds, so they are boundaries and
 # `histogram_quantile` is exact there; below 10 ms the L1-hit path lives.
 LATENCY_BUCKETS: Sequence[float] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
@@ -50,10 +52,22 @@ PREDICTION_LOG_GAUGES: dict[str, tuple[str, str, str]] = {
 
 
 class ServiceMetrics:
-    """Every custom instrument of the service, created once per meter provider."""
+    """Every custom instrument of the service, created once per meter provider.
+
+    Model and outcome gauges are observable (current_state.py): each is a `CurrentState` that
+    publishers replace, reported only for the served model version.
+    """
 
     def __init__(self, meter: metrics.Meter) -> None:
         self.meter = meter
+        self.served_version = ServedVersion()
+        per_version = self.served_version
+
+        def current(name: str, *, unit: str = "", description: str, versioned: bool = True) -> CurrentState:
+            state = CurrentState(per_version if versioned else None)
+            meter.create_observable_gauge(name, callbacks=[state.observe], unit=unit, description=description)
+            return state
+
         self.predictions = meter.create_counter(
             "predictions", unit="{prediction}", description="Predictions served."
         )
@@ -71,33 +85,34 @@ class ServiceMetrics:
         self.prediction_errors = meter.create_counter(
             "prediction.errors", unit="{error}", description="Failed prediction requests, by reason."
         )
-        self.model_accuracy = meter.create_gauge(
+        self.model_accuracy = current(
             "model.accuracy", description="Share right over the rolling window of resolved predictions."
         )
-        self.model_resolved = meter.create_gauge(
+        self.model_resolved = current(
             "model.resolved_predictions",
             unit="{prediction}",
             description="Resolved predictions inside the accuracy window.",
         )
-        self.model_pending = meter.create_gauge(
+        self.model_pending = current(
             "model.pending_predictions",
             unit="{prediction}",
             description="Predictions whose outcome is not known yet.",
+            versioned=False,
         )
-        self.model_info = meter.create_gauge("model.info", description="The model version served (value 1).")
+        self.model_info = current("model.info", description="The model version served (value 1).")
         self.model_reloads = meter.create_counter(
             "model.reloads", unit="{reload}", description="Champion model loads, by outcome."
         )
-        self.model_feature_importance = meter.create_gauge(
+        self.model_feature_importance = current(
             "model.feature_importance", description="Importance of each feature in the served model."
         )
-        self.model_drift_score = meter.create_gauge(
+        self.model_drift_score = current(
             "model.drift_score", description="Largest feature PSI of the served window vs training."
         )
-        self.model_feature_drift = meter.create_gauge(
+        self.model_feature_drift = current(
             "model.feature_drift", description="PSI of one feature's served window vs training."
         )
-        self.model_prediction_drift = meter.create_gauge(
+        self.model_prediction_drift = current(
             "model.prediction_drift", description="PSI of the served confidence vs training."
         )
         self.feature_store_hits = meter.create_counter(

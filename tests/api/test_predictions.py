@@ -48,9 +48,15 @@ def test_unknown_symbol_is_404_naming_it_and_the_known_ones(api: TestClient) -> 
     assert body["known_symbols"] == KNOWN
 
 
+def test_unparsable_bodies_are_400_with_a_message(api: TestClient) -> None:
+    for body in (b"{not json", b'{"symbol": NaN}', b'{"symbol": Infinity}', b'{"symbol": 1e400}'):
+        response = api.post("/predict", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400, (body, response.text)
+        assert "not valid JSON" in response.json()["detail"], response.text
+
+
 def test_malformed_requests_are_422_with_a_message(api: TestClient) -> None:
     cases = [
-        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, "JSON"),
         ({"json": {"symbol": 12}}, "symbol"),
         ({"json": {"symbol": ""}}, "symbol"),
         ({"json": {"symbol": "AAPL", "extra": 1}}, "extra"),

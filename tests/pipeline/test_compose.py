@@ -52,7 +52,11 @@ POSTGRES_INIT = REPO / "deploy" / "postgres-init.sql"
 # explained in compose.yaml and docs/deployment.md (how its health is watched instead).
 DISTROLESS = {"otel-collector"}
 # The only secret values allowed in compose.yaml: defaults for local use, listed in the docs.
-LOCAL_DEFAULTS = {"POSTGRES_PASSWORD": "stockpred-local-only", "GRAFANA_ADMIN_PASSWORD": "admin"}
+LOCAL_DEFAULTS = {
+    "POSTGRES_PASSWORD": "stockpred-local-only",
+    "GRAFANA_ADMIN_PASSWORD": "admin",
+    "API_KEY": "stockpred-local-api-key",
+}
 # What a user opens on localhost (docs/deployment.md): API, Prometheus, Grafana, Redis, OTLP, Alertmanager.
 PUBLISHED_PORTS = {8000, 9090, 3001, 6379, 4317, 4318, 9093}
 # Projects whose release numbers have fewer parts than x.y.z, so a shorter tag is still exact:

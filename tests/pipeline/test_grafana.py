@@ -557,6 +557,7 @@ def synthetic_families() -> list[Family]:
         gauge("database_connection_status", grid(), lambda ls, i: 1.0),
         gauge("mlflow_connection_status", grid(), lambda ls, i: 1.0),
         gauge("service_health_status", grid(), lambda ls, i: 1.0 if i in dependency_down else 2.0),
+        *prediction_log_families(),
         histogram(
             "http_server_request_duration_seconds",
             [
@@ -587,6 +588,47 @@ def synthetic_families() -> list[Family]:
             [{"alertname": "ModerateLatency", "alertstate": "firing", "severity": "warning"}],
             lambda ls, i: 1.0 if i >= STEPS // 2 else None,
         ),
+    ]
+
+
+def prediction_log_families() -> list[Family]:
+    """The prediction log: a database outage from step 60 to 70 fills the spool, then it drains."""
+    outage = range(60, 70)
+    spooled = lambda ls, i: 40.0 * (i - 59) if i in outage else 0.0  # noqa: E731
+    return [
+        gauge("prediction_log_queue_depth", grid(), lambda ls, i: float(i % 3)),
+        gauge("prediction_log_spool_rows", grid(), spooled),
+        gauge("prediction_log_spool_size_bytes", grid(), lambda ls, i: 330.0 * spooled(ls, i)),
+        gauge("prediction_log_spool_capacity_bytes", grid(), lambda ls, i: 64.0 * 1024 * 1024),
+        gauge(
+            "prediction_log_oldest_row_age_seconds",
+            grid(),
+            lambda ls, i: 15.0 * (i - 59) if i in outage else 0.01,
+        ),
+        counter("prediction_log_rows_written_total", grid(), lambda ls, i: 0.0 if i in outage else 20.0),
+        counter(
+            "prediction_log_rows_failed_total",
+            grid(reason=("unavailable", "rejected")),
+            lambda ls, i: 5.0 if ls["reason"] == "unavailable" and i in outage else 0.0,
+        ),
+        histogram(
+            "prediction_log_batch_size",
+            grid(),
+            (1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            log_logistic(6.0),
+            per_step=4,
+            mean=6.0,
+        ),
+        histogram(
+            "prediction_log_write_duration_seconds",
+            grid(),
+            DEFAULT_BOUNDS,
+            log_logistic(0.002),
+            per_step=4,
+            mean=0.003,
+        ),
+        counter("prediction_log_spool_syncs_total", grid(), lambda ls, i: 12.0),
+        counter("prediction_log_spool_records_total", grid(), lambda ls, i: 20.0),
     ]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from service.market.csv_import import CsvFormatError, read_csv_bars
 from service.market.synthetic import synthetic_bars, synthetic_bars_after
-from service.market.validation import duplicate_keys, validate_bar
+from service.market.validation import BarLimits, duplicate_keys, is_sound, validate_bar
 from service.storage.market_bars import BarIn
 
 SYMBOLS = ("AAPL", "MSFT", "GOOGL", "AMZN", "NVDA")
@@ -176,8 +176,40 @@ def test_open_outside_the_range_is_named() -> None:
     assert validate_bar(bar(open=12.0)) == ["open and close must lie within [low, high]"]
 
 
-def test_not_a_number_price_is_rejected() -> None:
-    assert "open must be > 0 (got nan)" in validate_bar(bar(open=math.nan))
+def test_non_finite_numbers_are_rejected() -> None:
+    assert "open must be a finite number (got nan)" in validate_bar(bar(open=math.nan))
+    assert "high must be a finite number (got inf)" in validate_bar(bar(high=math.inf))
+    assert validate_bar(bar(volume=math.inf)) == ["volume must be a finite number (got inf)"]
+
+
+def test_absurd_magnitudes_are_rejected_by_the_bounds() -> None:
+    limits = BarLimits(max_price=100.0, max_volume=1e6)
+    assert validate_bar(bar(high=150.0), limits) == ["high must be <= 100 (got 150)"]
+    assert validate_bar(bar(volume=2e6), limits) == ["volume must be <= 1e+06 (got 2e+06)"]
+    assert validate_bar(bar(open=1e300, high=1e300)) != []  # the default bound is 1e6
+
+
+def test_volume_is_a_whole_number() -> None:
+    assert validate_bar(bar(volume=10.5)) == ["volume must be a whole number (got 10.5)"]
+    assert validate_bar(bar(volume=10.0)) == []
+
+
+def test_timestamps_may_not_be_in_the_future_beyond_the_skew() -> None:
+    now = datetime(2024, 3, 1, 21, tzinfo=UTC)
+    limits = BarLimits(max_future_skew=timedelta(minutes=5))
+    assert validate_bar(bar(ts=now + timedelta(minutes=4)), limits, now=now) == []
+    (problem,) = validate_bar(bar(ts=now + timedelta(minutes=6)), limits, now=now)
+    assert "is in the future" in problem
+
+
+def test_symbols_follow_the_ticker_pattern() -> None:
+    assert validate_bar(bar(symbol="not a ticker")) == ["'not a ticker' is not a ticker symbol"]
+
+
+def test_only_sound_closes_resolve_outcomes() -> None:
+    assert is_sound(close=10.0)
+    for close in (math.nan, math.inf, 0.0, -1.0, 1e300):
+        assert not is_sound(close=close), close
 
 
 # --- duplicates ----------------------------------------------------------------------------------

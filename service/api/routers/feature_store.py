@@ -7,9 +7,11 @@ from typing import Any
 from fastapi import APIRouter
 
 from service.api.dependencies import ContainerDep, FeatureStoreDep
-from service.api.schemas import ErrorOut, Symbol
+from service.api.responses import DATABASE, errors
+from service.api.schemas import Symbol
+from service.api.strict_json import StrictJSONRoute
 
-router = APIRouter(prefix="/feature-store", tags=["feature store"])
+router = APIRouter(prefix="/feature-store", tags=["feature store"], route_class=StrictJSONRoute)
 
 
 @router.get("/stats", operation_id="feature_store_stats")
@@ -18,7 +20,11 @@ def stats(store: FeatureStoreDep) -> dict[str, Any]:
     return store.stats()
 
 
-@router.get("/metadata/{symbol}", operation_id="feature_metadata", responses={404: {"model": ErrorOut}})
+@router.get(
+    "/metadata/{symbol}",
+    operation_id="feature_metadata",
+    responses=errors(404, 409, 422, *DATABASE, d404="Unknown symbol; the body lists the known ones."),
+)
 def metadata(symbol: Symbol, container: ContainerDep) -> dict[str, Any]:
     """The symbol's feature vector: names, version, computed_at, TTL left, source bars, level served from."""
     container.predictions.require_known([symbol])

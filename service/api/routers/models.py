@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+import logging
+
+from fastapi import APIRouter
 
 from service.api.dependencies import ContainerDep
-from service.api.schemas import ErrorOut, ModelOut, ModelsOut, ModelVersionOut
+from service.api.responses import errors
+from service.api.schemas import ModelOut, ModelsOut, ModelVersionOut
+from service.api.strict_json import StrictJSONRoute
 from service.model.registry import RegistryUnavailableError
+from service.serving.predictions import ModelUnavailableError
 
-router = APIRouter(prefix="/models", tags=["models"])
+log = logging.getLogger(__name__)
+
+REGISTRY_UNREACHABLE = (
+    "the model registry is unreachable; the served model keeps serving (details in the logs)"
+)
+
+router = APIRouter(prefix="/models", tags=["models"], route_class=StrictJSONRoute)
 
 
-@router.get("/current", operation_id="current_model", responses={503: {"model": ErrorOut}})
+@router.get(
+    "/current",
+    operation_id="current_model",
+    responses=errors(503, d503="No model is loaded yet; see /health."),
+)
 def current_model(container: ContainerDep) -> ModelOut:
     """The model version being served and what it was trained on."""
     model = container.models.current
     if model is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no model is loaded yet; see /health")
+        raise ModelUnavailableError("no model is loaded yet; see /health")
     return ModelOut(
         name=model.name,
         version=model.version,
@@ -38,12 +53,13 @@ def list_models(container: ContainerDep) -> ModelsOut:
     try:
         versions = container.registry.versions()
     except RegistryUnavailableError as error:
+        log.warning("model registry unavailable", extra={"error": str(error)[:300]})
         return ModelsOut(
             name=container.registry.name,
             registry_reachable=False,
             served_version=served,
             versions=[],
-            detail=str(error)[:300],
+            detail=REGISTRY_UNREACHABLE,
         )
     alias = container.registry.alias
     return ModelsOut(

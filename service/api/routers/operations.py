@@ -41,7 +41,14 @@ def health(container: ContainerDep, response: Response) -> HealthOut:
     return body
 
 
-@router.get("/metrics", operation_id="metrics", include_in_schema=True, response_class=Response)
+@router.get(
+    "/metrics",
+    operation_id="metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Exposition."}
+    },
+)
 def metrics(container: ContainerDep) -> Response:
     """Prometheus text exposition of every instrument (exemplars travel over OTLP only)."""
     registry = container.telemetry.prometheus_registry

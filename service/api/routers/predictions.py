@@ -2,35 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel
 
 from service.api.dependencies import ContainerDep, PredictionsDep
+from service.api.responses import BODY, DATABASE, WRITE, errors
 from service.api.schemas import (
     BatchPredictionOut,
     BatchPredictRequest,
-    ErrorOut,
     FeedbackRequest,
     PredictionOut,
     PredictionRecord,
     PredictRequest,
 )
+from service.api.security import WriterDep
+from service.api.strict_json import StrictJSONRoute
 from service.serving.predictions import PredictionResult
 
-router = APIRouter(tags=["predictions"])
+router = APIRouter(tags=["predictions"], route_class=StrictJSONRoute)
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorOut, "description": "Unknown symbol; the message lists the known ones."},
-    409: {"model": ErrorOut, "description": "Not enough bars to compute features."},
-    503: {
-        "model": ErrorOut,
-        "description": "No model loaded, the prediction log is full (the database has been "
-        "unreachable for long), or the service is shutting down; nothing was recorded.",
-    },
-}
+PREDICT_ERRORS = errors(
+    *BODY,
+    404,
+    409,
+    *DATABASE,
+    d404="Unknown symbol; the body lists the known ones.",
+    d503="No model loaded yet, the prediction log is full (the database has been unreachable for "
+    "long), a feature computation needs the database, or the service is shutting down; nothing "
+    "was recorded. Retry after the number of seconds in Retry-After.",
+)
 
 
 def _out(result: PredictionResult) -> PredictionOut:
@@ -44,7 +46,7 @@ def _json(body: BaseModel) -> Response:
     return Response(body.model_dump_json(), media_type="application/json")
 
 
-@router.post("/predict", operation_id="predict", responses=ERRORS, response_model=PredictionOut)
+@router.post("/predict", operation_id="predict", responses=PREDICT_ERRORS, response_model=PredictionOut)
 async def predict(body: PredictRequest, predictions: PredictionsDep) -> Response:
     """Direction of the symbol's next bar, with the probability of that direction."""
     (result,) = await predictions.predict_many_async([body.symbol])
@@ -52,7 +54,10 @@ async def predict(body: PredictRequest, predictions: PredictionsDep) -> Response
 
 
 @router.post(
-    "/predict/batch", operation_id="predict_batch", responses=ERRORS, response_model=BatchPredictionOut
+    "/predict/batch",
+    operation_id="predict_batch",
+    responses=PREDICT_ERRORS,
+    response_model=BatchPredictionOut,
 )
 async def predict_batch(body: BatchPredictRequest, container: ContainerDep) -> Response:
     """Predictions for several symbols, all or nothing: every symbol is checked before any is
@@ -69,10 +74,16 @@ async def predict_batch(body: BatchPredictRequest, container: ContainerDep) -> R
 @router.post(
     "/feedback",
     operation_id="record_feedback",
-    responses={
-        404: {"model": ErrorOut},
-        409: {"model": ErrorOut, "description": "Already resolved otherwise."},
-    },
+    dependencies=[WriterDep],
+    responses=errors(
+        *BODY,
+        *WRITE,
+        404,
+        409,
+        *DATABASE,
+        d404="No prediction with this id.",
+        d409="The prediction was already resolved with the other direction.",
+    ),
 )
 def record_feedback(body: FeedbackRequest, predictions: PredictionsDep) -> PredictionRecord:
     """Record the realised direction of a prediction explicitly."""
@@ -81,7 +92,9 @@ def record_feedback(body: FeedbackRequest, predictions: PredictionsDep) -> Predi
 
 
 @router.get(
-    "/predictions/{prediction_id}", operation_id="get_prediction", responses={404: {"model": ErrorOut}}
+    "/predictions/{prediction_id}",
+    operation_id="get_prediction",
+    responses=errors(404, 422, *DATABASE, d404="No prediction with this id."),
 )
 def get_prediction(prediction_id: UUID, predictions: PredictionsDep) -> PredictionRecord:
     """A logged prediction with its trace id and, once known, its outcome."""

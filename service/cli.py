@@ -30,6 +30,7 @@ from service.market.ingestion import InvalidBatchError
 from service.market.synthetic import next_bar_index, synthetic_bars_after
 from service.storage.market_bars import last_bar
 from service.storage.migrations import upgrade_to_head
+from service.telemetry.exporters import metric_exporters
 from service.telemetry.logs import configure_logging
 
 app = typer.Typer(help="Stock-direction prediction service.", no_args_is_help=True, add_completion=False)
@@ -63,6 +64,15 @@ def serve(
     """Prepare what is missing (schema, data, champion model), then serve the API."""
     settings = get_settings()
     configure_logging(settings)
+    if workers > 1 and "prometheus" in metric_exporters():
+        # Each worker has its own registry and a scrape reaches one of them at random: counters
+        # would appear to reset on every scrape. Through OTLP each worker is its own instance.
+        console.print(
+            f"[red]error:[/red] with --workers {workers} /metrics would show one worker per scrape; "
+            "set OTEL_METRICS_EXPORTER=otlp (with OTEL_EXPORTER_OTLP_ENDPOINT), where every worker "
+            "exports its own series (service.instance.id), or run one worker per port"
+        )
+        raise typer.Exit(2)
     if workers > 1:
         # Bootstrap once here so that workers do not race to migrate, seed or train.
         container = build_container(settings)

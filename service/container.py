@@ -13,6 +13,7 @@ from typing import Protocol
 
 import redis
 
+from service.background import Leadership
 from service.config import Settings
 from service.market.ingestion import IngestResult, ingest
 from service.market.synthetic import synthetic_bars
@@ -53,6 +54,7 @@ class Container:
     health: HealthMonitor
     outcomes: OutcomeMonitor
     drift: DriftMonitor
+    leadership: Leadership
     _started: list[Stoppable] = field(default_factory=list)
 
     def start_background(self) -> None:
@@ -69,6 +71,7 @@ class Container:
             task.stop()
         self._started.clear()
         self.prediction_log.close(flush_seconds=self.settings.SHUTDOWN_FLUSH_SECONDS)
+        self.leadership.release()
         if self.redis_client is not None:
             self.redis_client.close()
         self.database.dispose()
@@ -99,6 +102,8 @@ def build_container(settings: Settings, telemetry: Telemetry | None = None) -> C
     )
     registry = ModelRegistry(settings)
     models = ModelManager(registry=registry, telemetry=telemetry, poll_seconds=settings.MODEL_POLL_SECONDS)
+    # One process per DATA_DIR publishes the gauges computed from shared state (background.py).
+    leadership = Leadership(settings.DATA_DIR.resolve() / "leader.lock")
     drift = DriftMonitor(
         database=database,
         models=models,
@@ -107,6 +112,7 @@ def build_container(settings: Settings, telemetry: Telemetry | None = None) -> C
         min_window=settings.DRIFT_MIN_WINDOW,
         min_effective_samples=settings.DRIFT_MIN_EFFECTIVE_SAMPLES,
         interval_seconds=settings.MONITOR_INTERVAL_SECONDS,
+        leader=leadership,
     )
     prediction_log = PredictionLog(
         root=settings.prediction_log_dir,
@@ -149,8 +155,10 @@ def build_container(settings: Settings, telemetry: Telemetry | None = None) -> C
             window_predictions=settings.ACCURACY_WINDOW_PREDICTIONS,
             window_hours=settings.ACCURACY_WINDOW_HOURS,
             interval_seconds=settings.MONITOR_INTERVAL_SECONDS,
+            leader=leadership,
         ),
         drift=drift,
+        leadership=leadership,
     )
 
 

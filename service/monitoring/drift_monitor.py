@@ -19,7 +19,7 @@ from datetime import datetime
 
 import numpy as np
 
-from service.background import PeriodicTask
+from service.background import Leadership, PeriodicTask
 from service.model.features import FEATURE_SET, bars_frame, feature_frame
 from service.model.manager import ModelManager
 from service.model.served_model import ServedModel
@@ -55,6 +55,7 @@ class DriftMonitor:
         min_window: int,
         min_effective_samples: float,
         interval_seconds: float,
+        leader: Leadership | None = None,
     ) -> None:
         self._database = database
         self._models = models
@@ -64,7 +65,7 @@ class DriftMonitor:
         self._window_bars = window_bars
         self._windows: dict[str, deque[tuple[datetime, np.ndarray]]] = {}
         self._lock = threading.Lock()
-        self._task = PeriodicTask("drift-monitor", interval_seconds, self.refresh)
+        self._task = PeriodicTask("drift-monitor", interval_seconds, self.refresh, leader=leader)
         self.latest: dict[str, DriftScore] = {}
 
     def prefill(self, symbols: tuple[str, ...]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from service.background import PeriodicTask
+from service.background import Leadership, PeriodicTask
 from service.storage.database import Database
 from service.storage.prediction_rows import pending_counts, rolling_accuracy
 from service.telemetry.providers import Telemetry
@@ -24,12 +24,13 @@ class OutcomeMonitor:
         window_predictions: int,
         window_hours: float,
         interval_seconds: float,
+        leader: Leadership | None = None,
     ) -> None:
         self._database = database
         self._metrics = telemetry.metrics
         self._window_predictions = window_predictions
         self._window = timedelta(hours=window_hours)
-        self._task = PeriodicTask("outcome-monitor", interval_seconds, self.refresh)
+        self._task = PeriodicTask("outcome-monitor", interval_seconds, self.refresh, leader=leader)
         self._published_pending: set[str] = set()
         self.latest: dict[tuple[str, str], tuple[float, int]] = {}
 

@@ -1,10 +1,9 @@
-"""OpenTelemetry providers and exporters for one app.
+"""OpenTelemetry providers for one app, with the outlets exporters.py selects.
 
-Two paths out:
 - `/metrics`: a Prometheus reader on a per-app registry, for direct scraping (no exemplars: the
-  Python Prometheus exporter never writes them).
-- OTLP, when the standard `OTEL_EXPORTER_OTLP_*` variables are set: metrics every 5 s (matching
-  the Prometheus scrape interval) and batched spans. Exemplars travel this way.
+  Python Prometheus exporter never writes them). One process per scrape: see `stockpred serve`.
+- OTLP: metrics every OTEL_METRIC_EXPORT_INTERVAL (5 s, the Prometheus scrape interval) and
+  batched spans. Exemplars travel this way.
 """
 
 from __future__ import annotations
@@ -27,6 +26,12 @@ from prometheus_client import CollectorRegistry
 
 from service import __version__
 from service.config import Settings
+from service.telemetry.exporters import (
+    metric_exporters,
+    otlp_metric_exporter,
+    otlp_span_exporter,
+    trace_exporters,
+)
 from service.telemetry.instruments import ServiceMetrics
 
 DEFAULT_EXPORT_INTERVAL_MS = 5000
@@ -80,10 +85,13 @@ def setup_telemetry(
     *,
     extra_metric_readers: Iterable[MetricReader] = (),
     extra_span_exporters: Iterable[SpanExporter] = (),
-    prometheus_endpoint: bool = True,
+    prometheus_endpoint: bool | None = None,
     sampler: Sampler | None = None,
 ) -> Telemetry:
     """Providers for one app. Tests pass in-memory readers/exporters; production sets OTEL_* env.
+
+    Outlets follow OTEL_METRICS_EXPORTER / OTEL_TRACES_EXPORTER (exporters.py);
+    `prometheus_endpoint` forces the `/metrics` reader on or off (tests).
 
     The sampler is the argument if given, else what OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG
     say (the SDK reads them), else parent-based always-on.
@@ -97,24 +105,25 @@ def setup_telemetry(
     resource = build_resource(settings)
     readers: list[MetricReader] = list(extra_metric_readers)
     registry: CollectorRegistry | None = None
+    outlets = metric_exporters()
+    if prometheus_endpoint is None:
+        prometheus_endpoint = "prometheus" in outlets
     if prometheus_endpoint:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
         registry = CollectorRegistry(auto_describe=True)
         readers.append(PrometheusMetricReader(registry=registry))
-    otlp_metrics = _otlp_metric_exporter()
-    if otlp_metrics is not None:
+    if "otlp" in outlets:
         interval = int(os.environ.get("OTEL_METRIC_EXPORT_INTERVAL", DEFAULT_EXPORT_INTERVAL_MS))
-        readers.append(PeriodicExportingMetricReader(otlp_metrics, export_interval_millis=interval))
+        readers.append(PeriodicExportingMetricReader(otlp_metric_exporter(), export_interval_millis=interval))
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
 
     tracer_provider = TracerProvider(resource=resource, sampler=sampler)
     for exporter in extra_span_exporters:
         tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    otlp_spans = _otlp_span_exporter()
-    if otlp_spans is not None:
+    if "otlp" in trace_exporters():
         # Batches in a background thread with a bounded queue: a dead collector drops spans, no more.
-        tracer_provider.add_span_processor(BatchSpanProcessor(otlp_spans))
+        tracer_provider.add_span_processor(BatchSpanProcessor(otlp_span_exporter()))
 
     return Telemetry(
         tracer_provider=tracer_provider,
@@ -129,43 +138,3 @@ def setup_telemetry(
 def sdk_disabled() -> bool:
     """The standard switch, read the way the SDK reads it (case-insensitive "true")."""
     return os.environ.get(OTEL_SDK_DISABLED, "").strip().lower() == "true"
-
-
-def _otlp_enabled(signal: str) -> bool:
-    if os.environ.get(f"OTEL_{signal.upper()}_EXPORTER", "otlp").lower() == "none":
-        return False
-    return bool(
-        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or os.environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
-    )
-
-
-def _otlp_protocol(signal: str) -> str:
-    return os.environ.get(
-        f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL",
-        os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-    )
-
-
-def _otlp_metric_exporter() -> Any:
-    if not _otlp_enabled("metrics"):
-        return None
-    if _otlp_protocol("metrics") == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-        return OTLPMetricExporter()
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
-
-    return HttpExporter()
-
-
-def _otlp_span_exporter() -> Any:
-    if not _otlp_enabled("traces"):
-        return None
-    if _otlp_protocol("traces") == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        return OTLPSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-
-    return HttpExporter()

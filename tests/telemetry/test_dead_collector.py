@@ -26,6 +26,7 @@ def test_requests_succeed_and_shutdown_is_bounded_with_the_collector_down(
     monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "200")  # export (and fail) often
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")  # seconds: bounds each failed export
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", "otlp,prometheus")  # /metrics too, to look at
     settings = make_settings(data_dir)
     telemetry = setup_telemetry(settings)
     statuses = []

@@ -50,7 +50,10 @@ def health(container: ContainerDep, response: Response) -> HealthOut:
     },
 )
 def metrics(container: ContainerDep) -> Response:
-    """Prometheus text exposition of every instrument (exemplars travel over OTLP only)."""
+    """Prometheus text exposition of every instrument (exemplars travel over OTLP only).
+
+    Empty when OTEL_METRICS_EXPORTER leaves `prometheus` out (the default once OTLP is configured).
+    """
     registry = container.telemetry.prometheus_registry
     payload = generate_latest(registry) if registry is not None else b""
     return Response(payload, media_type=CONTENT_TYPE_LATEST)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     DATABASE_MAX_OVERFLOW: int = Field(default=10, ge=0)
     DATABASE_POOL_TIMEOUT_SECONDS: float = Field(default=5.0, gt=0)
 
+    # Who makes the HTTP server span and metric: FastAPI's own OpenTelemetry support, or the contrib
+    # package opentelemetry-instrumentation-fastapi. Both produce the contract of docs/telemetry.md;
+    # README "Telemetry cost" has the measurement that chose the default.
+    HTTP_INSTRUMENTATION: Literal["native", "contrib"] = "native"
     SERVICE_NAME: str = "prediction-api"
     DEPLOYMENT_ENVIRONMENT: str = "local"
     LOG_LEVEL: str = "INFO"

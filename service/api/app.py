@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
             if owns_telemetry:
                 telemetry.shutdown()
 
+    native = settings.HTTP_INSTRUMENTATION == "native"
     app = FastAPI(
         title="Stock prediction service",
         version=__version__,
@@ -66,6 +67,8 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
         telemetry={
             "tracer_provider": telemetry.tracer_provider,  # type: ignore[typeddict-item]
             "meter_provider": telemetry.meter_provider,  # type: ignore[typeddict-item]
+            "tracing": native,
+            "metrics": native,
             "operation_spans": False,  # our own spans mark the steps that matter; these cost CPU
             "logs": False,  # logs go through the logging module, with trace ids
             # Exporters are ours (setup_telemetry); FASTAPI_OTEL_AUTO_CONFIGURE must not add a second set.
@@ -73,6 +76,8 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
             "exclude": _untraced,
         },
     )
+    if not native:
+        _instrument_with_contrib(app, telemetry)
     for router in (
         predictions.router,
         market_data.router,
@@ -85,6 +90,23 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.MAX_BODY_BYTES)  # 413 before reading it
     install_openapi(app, settings)
     return app
+
+
+def _instrument_with_contrib(app: FastAPI, telemetry: Telemetry) -> None:
+    """opentelemetry-instrumentation-fastapi instead of FastAPI's own support (HTTP_INSTRUMENTATION).
+
+    The same server span and `http.server.request.duration` (stable HTTP semantic conventions,
+    opted into in service/telemetry/__init__.py), without its per-message receive/send spans.
+    """
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+        excluded_urls=",".join(path.lstrip("/") for path in sorted(UNTRACED_PATHS)),
+        exclude_spans=["receive", "send"],
+    )
 
 
 def _untraced(scope: MutableMapping[str, Any]) -> bool:

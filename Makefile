@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha2
 PORT   ?= 8000
 HOST   ?= 0.0.0.0
 
-.PHONY: install run test lint typecheck system-deps collector prometheus jaeger tools pytest bench dashboards clean
+.PHONY: install run test lint typecheck system-deps collector prometheus jaeger vegeta tools pytest bench dashboards clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,11 @@ prometheus:
 jaeger:
 	scripts/build-jaeger.sh
 
-tools: collector prometheus jaeger
+# The constant-rate load generator of `make bench` (latency at fixed offered rates).
+vegeta:
+	scripts/build-vegeta.sh
+
+tools: collector prometheus jaeger vegeta
 
 lint: install
 	$(BIN)/ruff check .

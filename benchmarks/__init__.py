@@ -1,0 +1,1 @@
+"""Performance benchmarks: `make bench` runs `benchmarks.http` (real processes, real HTTP)."""

@@ -3,7 +3,10 @@
 Payloads are real: a telemetry-on service is pointed at a local sink for a few seconds of load,
 and the OTLP/HTTP export requests its SDK sends (protobuf trace batches, metric exports) are
 kept byte for byte. vegeta then replays the trace batches into the run's collector (base config
-plus the Jaeger layer, Jaeger behind it, as in the tests) at growing fixed rates. A step passes
+plus the Jaeger layer, Jaeger behind it, as in the tests) at growing fixed rates. Each replayed
+copy gets fresh trace ids, and there are more distinct traces in the rotation than Jaeger's
+in-memory store keeps (deploy/jaeger.yaml, max_traces): a repeated trace id would make Jaeger
+append to the old trace forever instead of evicting it, which no real load does. A step passes
 when every request got a 2xx, the collector's own counters (its telemetry port) show nothing
 refused or failed at the receiver and nothing failed to enqueue or send at the Jaeger exporter,
 and everything accepted has left for Jaeger within a few seconds after the step. The sustained
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import math
+import random
 import re
 import threading
 import time
@@ -22,11 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import yaml
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from benchmarks.httpbench.load import run_vegeta, summarise_vegeta, vegeta_csv, vegeta_targets
 from benchmarks.httpbench.results import CollectorResult, CollectorStep
 from benchmarks.httpbench.runner import Runner, log
+from benchmarks.httpbench.stack import REPO_ROOT
 from benchmarks.httpbench.variants import Variant
 from tests.harness.process import LOOPBACK, free_port
 
@@ -36,6 +43,7 @@ DRAIN_SECONDS = 5.0
 ACHIEVED_SHARE = 0.95
 CAPTURE_VARIANT = Variant(name="capture", kind="service", telemetry="on")
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+JAEGER_CONFIG = REPO_ROOT / "deploy" / "jaeger.yaml"
 
 
 # --- capture -------------------------------------------------------------------------------------
@@ -98,6 +106,33 @@ def capture_payloads(runner: Runner) -> Capture:
         return capture
 
 
+def jaeger_max_traces() -> int:
+    """How many traces Jaeger's in-memory store keeps before it evicts the oldest."""
+    config = yaml.safe_load(JAEGER_CONFIG.read_text())
+    backends = config["extensions"]["jaeger_storage"]["backends"]
+    return int(next(iter(backends.values()))["memory"]["max_traces"])
+
+
+def with_fresh_trace_ids(payload: bytes, rng: random.Random) -> bytes:
+    """The same export request with every trace id replaced (consistently within the request)."""
+    request = ExportTraceServiceRequest.FromString(payload)
+    fresh: dict[bytes, bytes] = {}
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                span.trace_id = fresh.setdefault(span.trace_id, rng.randbytes(16))
+    encoded: bytes = request.SerializeToString()
+    return encoded
+
+
+def replay_pool(traces: list[bytes], *, distinct_traces: int, seed: int = 9) -> list[bytes]:
+    """Copies of the captured batches with fresh ids, holding more than `distinct_traces` traces."""
+    per_round = sum(len(set(spans_of(body))) for body in traces)
+    rounds = math.ceil(distinct_traces * 1.1 / max(1, per_round))
+    rng = random.Random(seed)
+    return [with_fresh_trace_ids(body, rng) for _ in range(rounds) for body in traces]
+
+
 # --- the collector's own counters ---------------------------------------------------------------------
 
 
@@ -149,8 +184,9 @@ def ramp(runner: Runner, capture: Capture, *, start_spans_per_s: float = 1000.0)
     trace_ids = [trace_id for body in traces for trace_id in spans_of(body)]
     spans_per_payload = len(trace_ids) / len(traces)
     metrics = capture.bodies.get("/v1/metrics", [])
+    pool = replay_pool(traces, distinct_traces=jaeger_max_traces())
     targets = runner.scratch / "collector-targets.json"
-    targets.write_text(vegeta_targets(f"{runner.stack.otlp_http_url}/v1/traces", traces, PROTOBUF))
+    targets.write_text(vegeta_targets(f"{runner.stack.otlp_http_url}/v1/traces", pool, PROTOBUF))
     steps: list[CollectorStep] = []
     rate = max(1.0, start_spans_per_s / spans_per_payload)
     limit = f"no failure up to {runner.shape.collector_max_steps} steps"
@@ -168,6 +204,7 @@ def ramp(runner: Runner, capture: Capture, *, start_spans_per_s: float = 1000.0)
     passing = [s.offered_spans_per_s for s in steps if s.ok]
     return CollectorResult(
         payloads=len(traces),
+        replayed_payloads=len(pool),
         spans_per_payload=spans_per_payload,
         bytes_per_payload=sum(len(b) for b in traces) / len(traces),
         spans_per_trace=len(trace_ids) / len(set(trace_ids)),

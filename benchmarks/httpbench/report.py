@@ -414,7 +414,8 @@ def collector_section(views: Views) -> str:
     lines = [
         f"Sustained: **{sustained}** (ramp ended: {result.limit}).",
         _headroom(views, result.sustained_spans_per_s, result.spans_per_trace),
-        f"Payloads: {result.payloads} captured trace exports, {result.spans_per_payload:.0f} spans and "
+        f"Payloads: {result.payloads} captured trace exports (replayed as {result.replayed_payloads} "
+        f"copies with fresh trace ids), {result.spans_per_payload:.0f} spans and "
         f"{result.bytes_per_payload / 1024:.1f} KiB each on average; {result.spans_per_trace:.1f} spans per "
         f"trace; {result.metric_exports} metric exports of {result.bytes_per_metric_export / 1024:.1f} KiB.",
         "",

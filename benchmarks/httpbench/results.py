@@ -82,7 +82,8 @@ class CollectorStep(BaseModel):
 class CollectorResult(BaseModel):
     """The collector's sustained rate before it refuses or drops spans."""
 
-    payloads: int
+    payloads: int  # captured trace export requests
+    replayed_payloads: int  # copies with fresh trace ids in the replay rotation
     spans_per_payload: float
     bytes_per_payload: float
     # Mostly one trace per /predict request (server span and its children); the prediction log

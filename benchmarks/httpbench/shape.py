@@ -39,7 +39,8 @@ class Shape(BaseModel):
     # Collector: each offered rate is held this long; rates grow by `collector_growth` per step.
     collector_step_seconds: float = 10.0
     collector_growth: float = 1.5
-    collector_max_steps: int = 14
+    # Enough steps that the ramp ends on a failure (or on the generator's own limit), not on a cap.
+    collector_max_steps: int = 20
 
 
 FULL = Shape()
@@ -55,5 +56,5 @@ QUICK = Shape(
     scrape_gets=5,
     collector_step_seconds=2.0,
     collector_growth=2.0,
-    collector_max_steps=8,
+    collector_max_steps=12,
 )

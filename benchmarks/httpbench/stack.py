@@ -275,7 +275,7 @@ class Stack:
 
     def _start_shared(self) -> None:
         services = [v for v in self._variants if v.kind == "service"]
-        if services:
+        if services or self._want_collector:  # the collector ramp captures a service's payloads
             self.seeded = seed_data(self.workdir)
         if any(v.needs_redis for v in services):
             with harness_errors("Redis"):

@@ -259,7 +259,7 @@ def main_table(views: Views) -> str:
         cells += [fmt(rps), _predictions(variant, rps)]
         vs_ceiling = ratio(views, variant.name, ceiling) if ceiling and not variant.batch else None
         cells.append(_short_ratio(vs_ceiling) if variant.kind == "service" else "1.00x" if rps else "-")
-        cells.append(_short_ratio(ratio(views, variant.name, "l1-off")) if variant.name == "l1-on" else "")
+        cells.append(_short_ratio(ratio(views, variant.name, "l1-off")) if _pairs_with_off(variant) else "")
         for label in labels:
             p50 = views.at(variant.name, label, lambda r: r.p50_ms)
             p99 = views.at(variant.name, label, lambda r: r.p99_ms)
@@ -267,6 +267,14 @@ def main_table(views: Views) -> str:
         cells.append(level_check(views, variant)[0])
         rows.append(cells)
     return table(headers, rows)
+
+
+def _pairs_with_off(variant: Variant) -> bool:
+    """Telemetry-on twins of l1-off: same set-up but telemetry (sampled or not)."""
+    same = (
+        variant.cache == "l1" and variant.workers == 1 and variant.backend == "sqlite" and not variant.batch
+    )
+    return variant.kind == "service" and variant.telemetry == "on" and same
 
 
 def _predictions(variant: Variant, rps: Spread | None) -> str:

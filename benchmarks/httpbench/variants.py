@@ -50,6 +50,10 @@ class Variant(BaseModel):
     batch: int = 0  # 0: POST /predict; N: POST /predict/batch with N symbols
     # Also run the one-connection closed loop that exposes periodic export stalls.
     stall_probe: bool = False
+    # Share of traces kept (OTEL_TRACES_SAMPLER=parentbased_traceidratio below 1).
+    sample_ratio: float = 1.0
+    # Not part of a default run; only when named (by name or the `sampled` tag) in --only.
+    extra: bool = False
 
     @property
     def path(self) -> str:
@@ -73,7 +77,18 @@ class Variant(BaseModel):
             tags.add("pg")
         if self.batch:
             tags.add("batch")
+        if self.sample_ratio < 1:
+            tags.add("sampled")
         return frozenset(tags)
+
+    def sampler_env(self) -> dict[str, str]:
+        """The SDK's standard sampler variables, which the service leaves to the SDK to read."""
+        if self.sample_ratio >= 1:
+            return {}
+        return {
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": f"{self.sample_ratio:g}",
+        }
 
     def bodies(self) -> list[str]:
         """The JSON request bodies the load rotates over.
@@ -92,6 +107,8 @@ class Variant(BaseModel):
             return "benchmarks/bare_app.py: constant PredictionOut, no telemetry, no storage"
         parts = [f"cache {self.cache}: {CACHE_FORCING[self.cache]}"]
         parts.append(TELEMETRY_FORCING[self.telemetry])
+        if self.sample_ratio < 1:
+            parts.append(" ".join(f"{k}={v}" for k, v in self.sampler_env().items()))
         if self.backend == "postgresql":
             parts.append("DATABASE_URL=postgresql+psycopg://... (fresh database, seeded at start-up)")
         return "; ".join(parts)
@@ -131,17 +148,29 @@ def all_variants(cores: int | None = None) -> list[Variant]:
         Variant(name="batch50-on", kind="service", batch=50),
         Variant(name=f"l1-on-w{n}", kind="service", workers=n),
         Variant(name="pg-l1-on", kind="service", backend="postgresql"),
+        # What the README calls the knob for telemetry's cost; run with --only sampled.
+        Variant(name="l1-on-sampled10", kind="service", sample_ratio=0.1, extra=True),
     ]
 
 
 def select(variants: Sequence[Variant], only: Iterable[str]) -> list[Variant]:
-    """The variants any of the tokens names (a variant name or one of its tags); all if none."""
+    """The variants any of the tokens names (a variant name or one of its tags).
+
+    No tokens: every variant but the extras. Extras only by their name or the `sampled` tag, so
+    `--only l1` keeps meaning the default L1 variants.
+    """
     tokens = {token.strip() for token in only if token.strip()}
     if not tokens:
-        return list(variants)
-    chosen = [variant for variant in variants if variant.tags & tokens]
+        return [variant for variant in variants if not variant.extra]
+    chosen = [variant for variant in variants if _chosen(variant, tokens)]
     known = set().union(*(variant.tags for variant in variants)) | {"collector"}
     unknown = tokens - known
     if unknown:
         raise ValueError(f"--only: unknown {sorted(unknown)}; known: {sorted(known)}")
     return chosen
+
+
+def _chosen(variant: Variant, tokens: set[str]) -> bool:
+    if variant.extra:
+        return bool(tokens & {variant.name, "sampled"})
+    return bool(variant.tags & tokens)

@@ -1,1 +1,1 @@
-"""Performance benchmarks: `make bench` runs `benchmarks.http` (real processes, real HTTP)."""
+"""Performance benchmarks: `make bench` runs `benchmarks.httpbench` (real processes, real HTTP)."""

@@ -10,19 +10,22 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from benchmarks.httpbench import machine
 from benchmarks.httpbench.collector import capture_payloads, ramp
-from benchmarks.httpbench.load import LoadError
 from benchmarks.httpbench.report import render, run_warnings
 from benchmarks.httpbench.results import LatencyRun, RunResult
 from benchmarks.httpbench.runner import Runner, log, median_saturation
 from benchmarks.httpbench.shape import FULL, QUICK, Shape
-from benchmarks.httpbench.stack import REPO_ROOT, SetupError, Stack, Tools, find_tools, scrub_environment
+from benchmarks.httpbench.stack import REPO_ROOT, Stack, Tools, find_tools, scrub_environment
 from benchmarks.httpbench.variants import Variant, all_variants, select
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -47,16 +50,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def choose(args: argparse.Namespace) -> tuple[Shape, list[Variant], bool, list[str]]:
-    """Shape, variants, whether the collector ramp runs, and the --only tokens."""
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures."""
+
+    shape: Shape
+    variants: list[Variant]
+    collector: bool  # the collector ramp
+    tokens: list[str]  # --only, for the results file's name
+
+
+def plan(args: argparse.Namespace) -> Plan:
     shape = QUICK if args.quick else FULL
     if args.repetitions:
         shape = shape.model_copy(update={"repetitions": args.repetitions})
     tokens = [token.strip() for token in args.only.split(",") if token.strip()]
-    variants = select(all_variants(), tokens) if tokens else all_variants()
-    if tokens == ["collector"]:
-        variants = []
-    return shape, variants, not tokens or "collector" in tokens, tokens
+    variants = [] if tokens == ["collector"] else select(all_variants(), tokens)
+    return Plan(shape, variants, not tokens or "collector" in tokens, tokens)
 
 
 def results_path(results_dir: Path, shape: Shape, tokens: list[str], day: str) -> Path:
@@ -85,39 +95,50 @@ def measure(
         result.collector = ramp(runner, capture_payloads(runner))
 
 
-def run(args: argparse.Namespace) -> int:
-    shape, variants, collector, tokens = choose(args)
+# A server or tool that fails mid-run: the set-up is broken, not the figures.
+BROKEN = (RuntimeError, OSError, subprocess.SubprocessError, httpx.HTTPError)
+
+
+def execute(plan: Plan, *, results_dir: Path, workdir_parent: Path | None = None, keep: bool = False) -> int:
+    """Run the plan, write its results (even a partial run's); 0, or 2 if the set-up broke."""
     scrub_environment()
-    workdir = Path(tempfile.mkdtemp(prefix="stockpred-bench-", dir=args.workdir))
+    workdir = Path(tempfile.mkdtemp(prefix="stockpred-bench-", dir=workdir_parent))
     started = dt.datetime.now().astimezone()
     result: RunResult | None = None
     status = 0
     try:
-        tools: Tools = find_tools(need_collector=collector or any(v.telemetry == "on" for v in variants))
+        need_collector = plan.collector or any(v.telemetry == "on" for v in plan.variants)
+        tools: Tools = find_tools(need_collector=need_collector)
         setup = machine.describe(wrk=tools.wrk, vegeta=tools.vegeta, otelcol=tools.otelcol, workdir=workdir)
         result = RunResult(
-            started=started.isoformat(timespec="seconds"), setup=setup, shape=shape, variants=variants
+            started=started.isoformat(timespec="seconds"),
+            setup=setup,
+            shape=plan.shape,
+            variants=plan.variants,
         )
-        log(f"scratch directory {workdir}; shape {shape.name}; variants {[v.name for v in variants]}")
-        with Stack(workdir, variants, collector=collector) as stack:
+        names = [v.name for v in plan.variants]
+        log(f"scratch directory {workdir}; shape {plan.shape.name}; variants {names}")
+        with Stack(workdir, plan.variants, collector=plan.collector) as stack:
             scratch = workdir / "load"
             scratch.mkdir()
             try:
-                measure(result, stack, Runner(stack, tools, shape, scratch), variants, collector)
+                measure(
+                    result, stack, Runner(stack, tools, plan.shape, scratch), plan.variants, plan.collector
+                )
             finally:
                 result.notes += stack.notes
-    except (SetupError, LoadError, TimeoutError, RuntimeError) as error:
+    except BROKEN as error:
         log(f"set-up broken: {error}")
         if result is not None:
             result.notes.append(f"run aborted, set-up broken: {error}")
         status = 2
     finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
+        if keep:
             log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     if result is not None:
-        write(result, results_path(args.results_dir, shape, tokens, started.date().isoformat()))
+        write(result, results_path(results_dir, plan.shape, plan.tokens, started.date().isoformat()))
     return status
 
 
@@ -138,7 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report_from:
         print(render(RunResult.model_validate_json(args.report_from.read_text())))
         return 0
-    return run(args)
+    try:
+        chosen = plan(args)
+    except ValueError as error:  # an unknown --only token
+        print(error, file=sys.stderr)
+        return 2
+    return execute(chosen, results_dir=args.results_dir, workdir_parent=args.workdir, keep=args.keep)
 
 
 if __name__ == "__main__":

@@ -105,26 +105,18 @@ class Tools:
 
 
 def find_tools(*, need_collector: bool) -> Tools:
+    """wrk from the system (scripts/install-system-deps.sh); vegeta and the collector built by
+    scripts/ (cached; $VEGETA_BIN and $OTELCOL_BIN win, as in the tests)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SetupError("wrk not found; install it with scripts/install-system-deps.sh")
-    vegeta = os.environ.get("VEGETA_BIN") or _build("build-vegeta.sh")
+    with harness_errors("vegeta"):
+        vegeta = built_binary("vegeta")
     otelcol = None
     if need_collector:
         with harness_errors("the collector"):
             otelcol = built_binary("otelcol")
     return Tools(wrk=wrk, vegeta=vegeta, otelcol=otelcol)
-
-
-def _build(script: str) -> str:
-    """Run one of scripts/build-*.sh (a no-op once cached); the last stdout line is the path."""
-    result = subprocess.run(
-        ["bash", str(REPO_ROOT / "scripts" / script)], capture_output=True, text=True, check=False
-    )
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines or not os.access(lines[-1], os.X_OK):
-        raise SetupError(f"scripts/{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return lines[-1]
 
 
 # --- the seeded data directory ---------------------------------------------------------------------
@@ -196,7 +188,7 @@ class Running:
             trace_id = self.post(self.variant.bodies()[0])["predictions"][0]["trace_id"]
         if self.variant.telemetry == "off" and trace_id is not None:
             raise SetupError(f"{self.variant.name}: telemetry off, yet the request ran inside a span")
-        if self.variant.telemetry == "on" and trace_id is None:
+        if self.variant.telemetry == "on" and self.variant.sample_ratio >= 1 and trace_id is None:
             raise SetupError(f"{self.variant.name}: telemetry on, yet the request had no span")
 
 
@@ -413,4 +405,5 @@ class Stack:
             env["OTEL_SDK_DISABLED"] = "false"
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint or self.otlp_http_url
             env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
+            env.update(variant.sampler_env())
         return env

@@ -101,7 +101,6 @@ BROKEN = (RuntimeError, OSError, subprocess.SubprocessError, httpx.HTTPError)
 
 def execute(plan: Plan, *, results_dir: Path, workdir_parent: Path | None = None, keep: bool = False) -> int:
     """Run the plan, write its results (even a partial run's); 0, or 2 if the set-up broke."""
-    scrub_environment()
     workdir = Path(tempfile.mkdtemp(prefix="stockpred-bench-", dir=workdir_parent))
     started = dt.datetime.now().astimezone()
     result: RunResult | None = None
@@ -159,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report_from:
         print(render(RunResult.model_validate_json(args.report_from.read_text())))
         return 0
+    scrub_environment()
     try:
         chosen = plan(args)
     except ValueError as error:  # an unknown --only token

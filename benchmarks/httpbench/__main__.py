@@ -47,6 +47,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="parent of the run's scratch directory (default: /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (server logs)")
     parser.add_argument("--report-from", type=Path, help="render the report of a results JSON, run nothing")
+    parser.add_argument("--list", action="store_true", help="list the variants, their tags and forcing")
     return parser.parse_args(argv)
 
 
@@ -155,6 +156,11 @@ def write(result: RunResult, path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.list:
+        for variant in all_variants():
+            extra = " (only when named)" if variant.extra else ""
+            print(f"{variant.name}{extra}\n  tags: {' '.join(sorted(variant.tags))}\n  {variant.forcing()}")
+        return 0
     if args.report_from:
         print(render(RunResult.model_validate_json(args.report_from.read_text())))
         return 0

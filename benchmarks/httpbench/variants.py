@@ -70,9 +70,9 @@ class Variant(BaseModel):
     @property
     def tags(self) -> frozenset[str]:
         """What `--only` matches besides the name: kind, cache level, telemetry, backend, workers."""
-        tags = {self.name, self.kind, self.backend, f"w{self.workers}", f"telemetry-{self.telemetry}"}
+        tags = {self.name, self.kind, f"w{self.workers}", f"telemetry-{self.telemetry}"}
         if self.kind == "service":
-            tags.add(self.cache)
+            tags |= {self.cache, self.backend}
         if self.backend == "postgresql":
             tags.add("pg")
         if self.batch:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from benchmarks.httpbench.load import FixedRateResult, WrkResult
 from benchmarks.httpbench.results import CpuUsage, LatencyRun, RunResult, SaturationRun
 from benchmarks.httpbench.runner import MATCHED_LABEL
-from benchmarks.httpbench.variants import CACHE_FORCING, TELEMETRY_FORCING, Variant
+from benchmarks.httpbench.variants import Variant
 
 # Targets of issue 9 (the benchmark reports them; it never fails on them).
 CEILING_SHARE = 0.5
@@ -477,13 +477,17 @@ def setup_section(result: RunResult) -> str:
 
 
 def forcing_section(result: RunResult) -> str:
-    lines = [f"- `{level}`: {text}" for level, text in CACHE_FORCING.items() if level != "none"]
-    lines += [f"- {text}" for mode, text in TELEMETRY_FORCING.items() if mode != "none"]
-    lines.append("- PostgreSQL + Redis (compose's set-up): DATABASE_URL on a fresh database, REDIS_URL set")
+    rows = [
+        [v.name, str(v.workers), v.path if v.kind == "service" else "/predict", v.forcing()]
+        for v in result.variants
+    ]
+    lines = [table(["variant", "workers", "endpoint", "how it is forced"], rows), ""]
     lines.append(
-        "- Checked on every server: telemetry off answers trace_id null, on a trace id; the level "
+        "Checked on every server: telemetry off answers trace_id null, on a trace id; the level "
         "that answered comes from /feature-store/stats deltas over the measured window (one worker) "
-        "or from `served_from` of probe requests (several workers: the counters are per process)"
+        "or from `served_from` of probe requests (several workers: the counters are per process). "
+        "Every server is started afresh for every measurement on a private copy of the seeded data "
+        "directory (PostgreSQL: a fresh database, seeded by the service at start-up; Redis flushed)."
     )
     return "\n".join(lines)
 
@@ -491,10 +495,15 @@ def forcing_section(result: RunResult) -> str:
 CO_TEXT = (
     "vegeta is open-model: request i is due at start + i/rate, and with `-max-workers` unbounded "
     "(its default) the pacer never waits for a busy worker, it starts another one, so a slow "
-    "server cannot slow the schedule and queueing shows in the latencies. vegeta times each "
-    "request from its actual send; the run also reads every result's timestamp and sequence "
-    'number and reports how late requests went out ("late") and the p99 from the schedule '
-    "(latency + lateness), so a generator that fell behind on the shared cores is visible."
+    "server cannot slow the schedule and queueing shows in the latencies (with a bounded "
+    "-max-workers it would silently send late instead). vegeta times each request from its "
+    "actual send and reports no late or dropped requests itself, so the run reads every result's "
+    'timestamp and sequence number and reports how late requests went out ("late") and the p99 '
+    "from the schedule (latency + lateness): a generator that fell behind on the shared cores is "
+    "visible, and the p99 target is judged from the schedule. vegeta costs about 0.3 ms of CPU per "
+    'request ("vegeta cores"), wrk about 0.03 ms: at high rates the generator takes CPU the '
+    "server had under wrk, so a variant's latency at 90 % of its wrk saturation can already be "
+    "queueing, most of all for the bare ceiling and for N workers."
 )
 
 
@@ -544,6 +553,10 @@ def render(result: RunResult) -> str:
         stall_table(views),
         "",
         "## Metrics endpoints",
+        "",
+        "Measured right after each telemetry-on variant's last latency run. The collector's "
+        "exporter holds the series of every service process of the last two minutes "
+        "(metric_expiration), and every measurement starts a new process (a new instance label).",
         "",
         scrape_table(views),
         "",

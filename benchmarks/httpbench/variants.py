@@ -103,14 +103,20 @@ class Variant(BaseModel):
 
     def forcing(self) -> str:
         """How this variant is put into its state, in words for the results file."""
+        workers = f"--workers {self.workers}"
         if self.kind == "bare":
-            return "benchmarks/bare_app.py: constant PredictionOut, no telemetry, no storage"
-        parts = [f"cache {self.cache}: {CACHE_FORCING[self.cache]}"]
+            return (
+                f"python -m benchmarks.bare_app {workers}: constant PredictionOut, no telemetry, no storage"
+            )
+        parts = [f"stockpred serve {workers}", f"cache {self.cache}: {CACHE_FORCING[self.cache]}"]
         parts.append(TELEMETRY_FORCING[self.telemetry])
         if self.sample_ratio < 1:
             parts.append(" ".join(f"{k}={v}" for k, v in self.sampler_env().items()))
         if self.backend == "postgresql":
-            parts.append("DATABASE_URL=postgresql+psycopg://... (fresh database, seeded at start-up)")
+            parts.append(
+                "DATABASE_URL=postgresql+psycopg://... (a fresh database, seeded by the service at "
+                "start-up) and REDIS_URL: compose's set-up"
+            )
         return "; ".join(parts)
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from benchmarks.httpbench.variants import (
     TTL_NEVER_SECONDS,
     Variant,
 )
-from tests.harness.process import LOOPBACK, ManagedProcess, free_port, wait_until
+from tests.harness.process import LOOPBACK, ManagedProcess, ProcessExitedError, free_port, wait_until
 from tests.harness.servers import (
     CollectorPorts,
     JaegerServer,
@@ -328,30 +328,61 @@ class Stack:
     def serve(self, variant: Variant, label: str, *, otlp_endpoint: str | None = None) -> Iterator[Running]:
         """Start `variant` afresh, wait until every worker serves, check its telemetry mode.
 
-        `otlp_endpoint` sends its telemetry somewhere else than the run's collector (the
-        collector benchmark captures real export payloads that way).
+        A start that times out or dies is tried once more (noted in the results): one flaky start
+        on a busy machine should not end a 40-minute run. `otlp_endpoint` sends its telemetry
+        somewhere else than the run's collector (the collector benchmark captures real export
+        payloads that way).
         """
         self._starts += 1
-        workdir = self._mkdir(f"servers/{self._starts:03d}-{variant.name}-{label}")
-        cleanups: list[Any] = []
-        try:
-            if variant.kind == "bare":
-                service = self._start_bare(variant, workdir)
-            else:
-                env = self._service_env(variant, workdir, cleanups, otlp_endpoint)
-                with harness_errors(variant.name):
-                    service = start_service(workdir, env, workers=variant.workers)
-            cleanups.append(service.stop)
-            cleanups.append(lambda: self._note_restarts(variant, label, service.process))
-            wait_workers_settled(service.process, variant.workers)
-            running = Running(variant, service.url, service.process)
-            cleanups.append(running.client.close)
-            running.check_telemetry()
-            yield running
-        finally:
-            for cleanup in reversed(cleanups):
-                cleanup()
-            shutil.rmtree(workdir / "data", ignore_errors=True)
+        name = f"servers/{self._starts:03d}-{variant.name}-{label}"
+        for attempt in (1, 2):
+            workdir = self._mkdir(name if attempt == 1 else f"{name}-retry")
+            cleanups: list[Callable[[], None]] = []
+            try:
+                running = self._start(variant, label, workdir, cleanups, otlp_endpoint)
+            except (TimeoutError, ProcessExitedError) as error:
+                self._clean(cleanups, workdir)
+                if attempt == 2:
+                    raise
+                self.notes.append(
+                    f"{variant.name} ({label}): the server did not start, retried once: {error}"
+                )
+                continue
+            try:
+                yield running
+            finally:
+                self._clean(cleanups, workdir)
+            return
+
+    def _start(
+        self,
+        variant: Variant,
+        label: str,
+        workdir: Path,
+        cleanups: list[Callable[[], None]],
+        otlp_endpoint: str | None,
+    ) -> Running:
+        """One start; what must be undone is appended to `cleanups` as soon as it exists."""
+        if variant.kind == "bare":
+            service = self._start_bare(variant, workdir)
+        else:
+            env = self._service_env(variant, workdir, cleanups, otlp_endpoint)
+            with harness_errors(variant.name):
+                service = start_service(workdir, env, workers=variant.workers)
+        cleanups.append(service.stop)
+        cleanups.append(lambda: self._note_restarts(variant, label, service.process))
+        wait_workers_settled(service.process, variant.workers)
+        running = Running(variant, service.url, service.process)
+        cleanups.append(running.client.close)
+        running.check_telemetry()
+        return running
+
+    @staticmethod
+    def _clean(cleanups: list[Callable[[], None]], workdir: Path) -> None:
+        for cleanup in reversed(cleanups):
+            cleanup()
+        cleanups.clear()
+        shutil.rmtree(workdir / "data", ignore_errors=True)
 
     def _note_restarts(self, variant: Variant, label: str, process: ManagedProcess) -> None:
         """uvicorn logs "Child process [pid] died" when it replaces a worker that missed its ping."""
@@ -378,7 +409,7 @@ class Stack:
         return service
 
     def _service_env(
-        self, variant: Variant, workdir: Path, cleanups: list[Any], otlp_endpoint: str | None
+        self, variant: Variant, workdir: Path, cleanups: list[Callable[[], None]], otlp_endpoint: str | None
     ) -> dict[str, str]:
         """The environment that puts `stockpred serve` into the variant's state (variants.py)."""
         assert self.seeded is not None

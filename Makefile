@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha2
 PORT   ?= 8000
 HOST   ?= 0.0.0.0
 
-.PHONY: install run test lint typecheck audit system-deps collector prometheus jaeger tools pytest bench dashboards clean
+.PHONY: install run test lint typecheck audit system-deps collector prometheus jaeger vegeta tools pytest bench dashboards clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,11 @@ prometheus:
 jaeger:
 	scripts/build-jaeger.sh
 
-tools: collector prometheus jaeger
+# The constant-rate load generator of `make bench` (latency at fixed offered rates).
+vegeta:
+	scripts/build-vegeta.sh
+
+tools: collector prometheus jaeger vegeta
 
 lint: install
 	$(BIN)/ruff check .
@@ -60,13 +64,22 @@ pytest: install
 	ALERTMANAGER_BIN="$$(scripts/build-prometheus.sh alertmanager | tail -n 1)" \
 	AMTOOL_BIN="$$(scripts/build-prometheus.sh amtool | tail -n 1)" \
 	JAEGER_BIN="$$(scripts/build-jaeger.sh | tail -n 1)" \
+	VEGETA_BIN="$$(scripts/build-vegeta.sh | tail -n 1)" \
 	$(BIN)/pytest
 
 test: install system-deps tools lint typecheck audit pytest
 
-bench: install
-	$(BIN)/python benchmarks/telemetry_overhead.py
-	$(BIN)/python benchmarks/prediction_latency.py
+# The benchmark of the real thing (benchmarks/httpbench): real uvicorn processes, real HTTP, the
+# collector and Jaeger; writes benchmarks/results/<date>.md. About 40 min on 2 cores at full length.
+# A smoke test of its plumbing, or a subset (variant names or tags, see --help):
+#   make bench BENCH_ARGS=--quick
+#   make bench BENCH_ARGS="--quick --only l1,bare"
+# Then the series budget of docs/telemetry.md (in-process, seconds).
+bench: install system-deps collector jaeger vegeta
+	OTELCOL_BIN="$$(scripts/build-collector.sh | tail -n 1)" \
+	JAEGER_BIN="$$(scripts/build-jaeger.sh | tail -n 1)" \
+	VEGETA_BIN="$$(scripts/build-vegeta.sh | tail -n 1)" \
+	$(BIN)/python -m benchmarks.httpbench $(BENCH_ARGS)
 	$(BIN)/python benchmarks/series_count.py
 
 dashboards: install

@@ -298,6 +298,8 @@ BUILT_TOOLS: dict[str, BuiltTool] = {
     "alertmanager": BuiltTool("ALERTMANAGER_BIN", "build-prometheus.sh", ("alertmanager",)),
     "amtool": BuiltTool("AMTOOL_BIN", "build-prometheus.sh", ("amtool",)),
     "jaeger": BuiltTool("JAEGER_BIN", "build-jaeger.sh"),
+    # The constant-rate load generator of `make bench` (benchmarks/httpbench).
+    "vegeta": BuiltTool("VEGETA_BIN", "build-vegeta.sh"),
 }
 
 BUILD_TIMEOUT = 1800.0  # cold builds measured 5 min (Prometheus) on two cores; generous

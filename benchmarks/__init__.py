@@ -1,0 +1,1 @@
+"""Performance benchmarks: `make bench` runs `benchmarks.httpbench` (real processes, real HTTP)."""

@@ -221,7 +221,8 @@ class Runner:
 
     def scrapes(self, running: Running) -> Iterator[ScrapeResult]:
         name = running.variant.name
-        yield measure_scrape(f"{running.url}/metrics", "service /metrics", name, self.shape.scrape_gets)
+        if running.variant.serves_metrics:  # otherwise its /metrics is empty by design
+            yield measure_scrape(f"{running.url}/metrics", "service /metrics", name, self.shape.scrape_gets)
         yield measure_scrape(
             self.stack.collector_exporter_url, "collector exporter /metrics", name, self.shape.scrape_gets
         )

@@ -436,5 +436,5 @@ class Stack:
             env["OTEL_SDK_DISABLED"] = "false"
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint or self.otlp_http_url
             env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
-            env.update(variant.sampler_env())
+            env.update(variant.telemetry_env())
         return env

@@ -52,6 +52,10 @@ class Variant(BaseModel):
     stall_probe: bool = False
     # Share of traces kept (OTEL_TRACES_SAMPLER=parentbased_traceidratio below 1).
     sample_ratio: float = 1.0
+    # OTEL_METRICS_EXPORTER when telemetry is on (None: the service's default, otlp with a collector).
+    metrics_exporter: str | None = None
+    # HTTP_INSTRUMENTATION: FastAPI's own telemetry or the contrib instrumentation.
+    http_instrumentation: Literal["native", "contrib"] = "native"
     # Not part of a default run; only when named (by name or the `sampled` tag) in --only.
     extra: bool = False
 
@@ -79,7 +83,23 @@ class Variant(BaseModel):
             tags.add("batch")
         if self.sample_ratio < 1:
             tags.add("sampled")
+        if self.http_instrumentation == "contrib":
+            tags.add("contrib")
         return frozenset(tags)
+
+    @property
+    def serves_metrics(self) -> bool:
+        """Whether its /metrics has an exposition to measure (the prometheus reader is on)."""
+        return self.telemetry == "on" and "prometheus" in (self.metrics_exporter or "")
+
+    def telemetry_env(self) -> dict[str, str]:
+        """Outlets and instrumentation beyond the defaults, as the service's variables."""
+        env = dict(self.sampler_env())
+        if self.metrics_exporter is not None:
+            env["OTEL_METRICS_EXPORTER"] = self.metrics_exporter
+        if self.http_instrumentation != "native":
+            env["HTTP_INSTRUMENTATION"] = self.http_instrumentation
+        return env
 
     def sampler_env(self) -> dict[str, str]:
         """The SDK's standard sampler variables, which the service leaves to the SDK to read."""
@@ -110,8 +130,8 @@ class Variant(BaseModel):
             )
         parts = [f"stockpred serve {workers}", f"cache {self.cache}: {CACHE_FORCING[self.cache]}"]
         parts.append(TELEMETRY_FORCING[self.telemetry])
-        if self.sample_ratio < 1:
-            parts.append(" ".join(f"{k}={v}" for k, v in self.sampler_env().items()))
+        if self.telemetry == "on" and self.telemetry_env():
+            parts.append(" ".join(f"{k}={v}" for k, v in self.telemetry_env().items()))
         if self.backend == "postgresql":
             parts.append(
                 "DATABASE_URL=postgresql+psycopg://... (a fresh database, seeded by the service at "
@@ -134,7 +154,7 @@ CACHE_FORCING: dict[Cache, str] = {
 }
 
 TELEMETRY_FORCING: dict[TelemetryMode, str] = {
-    "on": "telemetry on: OTLP/HTTP to the run's collector (traces -> Jaeger), /metrics served",
+    "on": "telemetry on: OTLP/HTTP to the run's collector (traces -> Jaeger); metrics over OTLP only (the default)",
     "off": "telemetry off: OTEL_SDK_DISABLED=true (no-op providers, empty /metrics)",
     "none": "no telemetry",
 }
@@ -148,6 +168,10 @@ def all_variants(cores: int | None = None) -> list[Variant]:
         Variant(name=f"bare-w{n}", kind="bare", workers=n, cache="none", telemetry="none"),
         Variant(name="l1-off", kind="service", telemetry="off", stall_probe=True),
         Variant(name="l1-on", kind="service", telemetry="on", stall_probe=True),
+        # The other HTTP instrumentation, and both metric outlets (what aggregating twice costs;
+        # the service's /metrics is measured here).
+        Variant(name="l1-on-contrib", kind="service", http_instrumentation="contrib"),
+        Variant(name="l1-on-both", kind="service", metrics_exporter="otlp,prometheus"),
         Variant(name="redis-on", kind="service", cache="redis"),
         Variant(name="computed-on", kind="service", cache="computed"),
         Variant(name="batch10-on", kind="service", batch=10),

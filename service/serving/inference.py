@@ -49,15 +49,27 @@ class InferenceCache:
         self._lock = threading.Lock()
 
     def answer(self, vector: FeatureVector, model: ServedModel, tracer: trace.Tracer) -> Answer:
+        """The answer, in a `model.inference` span (never made current: nothing runs below it)."""
         key = answer_key(vector, model)
-        with tracer.start_as_current_span("model.inference") as span:
+        span = tracer.start_span("model.inference")
+        try:
             cached = self._answers.get(vector.symbol)
             reused = cached is not None and cached.key == key
             answer = cached if reused and cached is not None else self._compute(key, vector, model)
             if span.is_recording():
-                span.set_attribute("model.version", model.version)
-                span.set_attribute("prediction.probability_up", answer.probability_up)
-                span.set_attribute("model.inference.reused", reused)
+                span.set_attributes(
+                    {
+                        "model.version": model.version,
+                        "prediction.probability_up": answer.probability_up,
+                        "model.inference.reused": reused,
+                    }
+                )
+        except Exception as error:
+            span.record_exception(error)
+            span.set_status(trace.StatusCode.ERROR, type(error).__name__)
+            raise
+        finally:
+            span.end()
         return answer
 
     def _compute(self, key: AnswerKey, vector: FeatureVector, model: ServedModel) -> Answer:

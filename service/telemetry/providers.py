@@ -123,7 +123,7 @@ def setup_telemetry(
         tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     if "otlp" in trace_exporters():
         # Batches in a background thread with a bounded queue: a dead collector drops spans, no more.
-        tracer_provider.add_span_processor(BatchSpanProcessor(otlp_span_exporter()))
+        tracer_provider.add_span_processor(_batch_processor())
 
     return Telemetry(
         tracer_provider=tracer_provider,
@@ -132,6 +132,23 @@ def setup_telemetry(
         tracer=tracer_provider.get_tracer(INSTRUMENTATION_SCOPE, __version__),
         prometheus_registry=registry,
         _owned=[meter_provider, tracer_provider],
+    )
+
+
+# Small batches, often: encoding a span holds the GIL, and the SDK's default (512 spans every 5 s)
+# stalls every request queued behind the encoding of a whole batch (measured: p99 at one
+# connection +190 ms). 64 spans every 100 ms costs the same CPU and no stall. OTEL_BSP_* win.
+BSP_SCHEDULE_DELAY_MS = 100
+BSP_MAX_EXPORT_BATCH_SIZE = 64
+
+
+def _batch_processor() -> BatchSpanProcessor:
+    return BatchSpanProcessor(
+        otlp_span_exporter(),
+        schedule_delay_millis=float(os.environ.get("OTEL_BSP_SCHEDULE_DELAY", BSP_SCHEDULE_DELAY_MS)),
+        max_export_batch_size=int(
+            os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", BSP_MAX_EXPORT_BATCH_SIZE)
+        ),
     )
 
 

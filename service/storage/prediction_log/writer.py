@@ -15,8 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -44,6 +43,7 @@ RETRY_MIN_SECONDS = 0.05
 RETRY_MAX_SECONDS = 2.0
 # The SDK keeps at most 128 links per span (OTEL_SPAN_LINK_COUNT_LIMIT); one per record.
 MAX_LINKS = 128
+CATCH_UP_AFTER_SECONDS = 1.0
 
 _UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
 
@@ -181,7 +181,7 @@ class LogWriter:
             for item in decoded:
                 if item.feedback is not None and not apply_feedback(session, item.feedback):
                     deferred.append(item.feedback)
-            due = symbols_with_newer_bars(session, rows)
+            due = symbols_with_newer_bars(session, _lagging(rows)) if rows else []
             if due:
                 resolve_due_predictions(session, symbols=due, now=datetime.now(UTC))
         return deferred
@@ -228,7 +228,7 @@ def insert_ignoring_duplicates(session: Session, rows: Sequence[LoggedPrediction
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(PREDICTIONS).on_conflict_do_nothing(index_elements=["id"])
-    session.connection().execute(statement, [{**asdict(row), "status": PENDING} for row in rows])
+    session.connection().execute(statement, [{**row.columns(), "status": PENDING} for row in rows])
 
 
 def apply_feedback(session: Session, feedback: LoggedFeedback) -> bool:
@@ -249,6 +249,18 @@ def apply_feedback(session: Session, feedback: LoggedFeedback) -> bool:
         return True
     exists = session.scalar(select(Prediction.id).where(Prediction.id == feedback.prediction_id))
     return exists is not None  # resolved already: the first resolution wins
+
+
+def _lagging(rows: Sequence[LoggedPrediction]) -> list[LoggedPrediction]:
+    """Rows that spent long enough in the spool for a bar to have arrived meanwhile.
+
+    Ingestion in this process writes the spool out before it stores bars, so those bars resolve
+    the rows themselves; a row written within CATCH_UP_AFTER_SECONDS of being served is checked no
+    further (another worker's bar in that instant resolves it at the symbol's next ingestion).
+    Rows that waited (an outage, a backlog, an adopted spool) are checked against the newest bars.
+    """
+    horizon = datetime.now(UTC) - timedelta(seconds=CATCH_UP_AFTER_SECONDS)
+    return [row for row in rows if row.created_at < horizon]
 
 
 def symbols_with_newer_bars(session: Session, rows: Sequence[LoggedPrediction]) -> list[str]:

@@ -33,6 +33,8 @@ from service.storage.migrations import upgrade_to_head
 from service.telemetry.exporters import metric_exporters
 from service.telemetry.logs import configure_logging
 
+WORKER_HEALTHCHECK_SECONDS = 60
+
 app = typer.Typer(help="Stock-direction prediction service.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 
@@ -94,6 +96,10 @@ def serve(
         # SIGTERM: stop accepting, answer what is in flight (at most this long), then the lifespan
         # closes the prediction log (SHUTDOWN_FLUSH_SECONDS) and everything else.
         timeout_graceful_shutdown=math.ceil(settings.SHUTDOWN_GRACE_SECONDS),
+        # With --workers N the supervisor kills a worker that misses its health ping (5 s by
+        # default); a worker starting up imports scikit-learn, pandas and MLflow first, which on
+        # two busy cores takes longer than that (seen: three workers killed in one start).
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
     )
 
 

@@ -13,6 +13,7 @@ from typing import Protocol
 import redis
 
 from service.config import Settings
+from service.market.feed import MarketFeed
 from service.market.synthetic import synthetic_bars
 from service.model.manager import ModelManager
 from service.model.registry import ModelRegistry
@@ -50,12 +51,15 @@ class Container:
     health: HealthMonitor
     outcomes: OutcomeMonitor
     drift: DriftMonitor
+    feed: MarketFeed | None = None  # None when MARKET_FEED=off
     _started: list[Stoppable] = field(default_factory=list)
 
     def start_background(self) -> None:
         """Everything serving needs running: the prediction log first, then the periodic tasks."""
         self.prediction_log.start()
-        for task in (self.health, self.outcomes, self.drift):
+        for task in (self.health, self.outcomes, self.drift, self.feed):
+            if task is None:
+                continue
             task.start()
             self._started.append(task)
         self.models.start_polling()
@@ -114,6 +118,23 @@ def build_container(settings: Settings, telemetry: Telemetry | None = None) -> C
         telemetry=telemetry,
         on_served=[drift.observe],
     )
+    feed = (
+        None
+        if settings.MARKET_FEED == "off"
+        else MarketFeed(
+            database=database,
+            feature_store=feature_store,
+            predictions=predictions,
+            telemetry=telemetry,
+            symbols=settings.SYMBOLS,
+            seed=settings.SEED,
+            mode=settings.MARKET_FEED,
+            interval_seconds=settings.MARKET_FEED_INTERVAL_SECONDS,
+            lock_path=settings.market_feed_lock,
+            shift_symbol=settings.MARKET_FEED_SHIFT_SYMBOL,
+            shift_from=settings.SEED_DAYS,
+        )
+    )
     return Container(
         settings=settings,
         telemetry=telemetry,
@@ -141,6 +162,7 @@ def build_container(settings: Settings, telemetry: Telemetry | None = None) -> C
             interval_seconds=settings.MONITOR_INTERVAL_SECONDS,
         ),
         drift=drift,
+        feed=feed,
     )
 
 

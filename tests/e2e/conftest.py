@@ -299,6 +299,8 @@ def _start_service(
     service_env = {
         **env,
         "SEED": str(SEED),
+        # The tests send the next bars themselves and count what they resolve.
+        "MARKET_FEED": "off",
         "LOG_JSON": "false",  # readable in the failure report
         # Background checks every second so an outage shows in the gauges within ~1 s.
         "HEALTH_CHECK_INTERVAL_SECONDS": "1",

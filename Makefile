@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha2
 PORT   ?= 8000
 HOST   ?= 0.0.0.0
 
-.PHONY: install run test lint typecheck system-deps collector prometheus jaeger tools pytest bench dashboards clean
+.PHONY: install run stack test lint typecheck system-deps collector prometheus jaeger tools pytest bench dashboards clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/stockpred serve --host $(HOST) --port $(PORT)
+
+# The whole pipeline without a container engine (scripts/stack.py): database, Redis, Jaeger,
+# collector, Prometheus, Alertmanager, the API with the market feed, Locust. Ctrl-C stops it all.
+stack: install system-deps tools
+	$(BIN)/python scripts/stack.py
 
 system-deps:
 	scripts/install-system-deps.sh
@@ -60,6 +65,8 @@ pytest: install
 
 test: install system-deps tools lint typecheck pytest
 
+# No market feed: bars arriving on their own would invalidate the cached features being measured.
+bench: export MARKET_FEED = off
 bench: install
 	$(BIN)/python benchmarks/telemetry_overhead.py
 	$(BIN)/python benchmarks/prediction_latency.py

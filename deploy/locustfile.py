@@ -80,11 +80,19 @@ class ApiClient(HttpUser):
 
     @task(4)
     def feedback(self) -> None:
+        """Confirm the outcome of an own prediction once it is known, as a client that watches the
+        market would. Repeating the outcome the new bar already recorded is harmless (200); a
+        random direction would instead overwrite pending rows at random and make the accuracy noise.
+        """
         if not self.own:
             return
-        # 409: the new bar resolved it already, with the other direction. An answer, not a failure.
-        body = {"prediction_id": self.own.popleft(), "actual_direction": random.choice(["up", "down"])}
-        self._post("/feedback", body, ok=(200, 409))
+        prediction_id = self.own.popleft()
+        record = self.client.get(f"/predictions/{prediction_id}", name="/predictions/{id}").json()
+        if record.get("status") != "resolved":
+            self.own.append(prediction_id)  # not known yet: later
+            return
+        body = {"prediction_id": prediction_id, "actual_direction": record["actual_direction"]}
+        self._post("/feedback", body)
 
     # --- reads ------------------------------------------------------------------------------------
 

@@ -265,11 +265,21 @@ def check_ports_free(settings: Settings) -> None:
     for name, _, what in PORTS:
         port = settings.ports[name]
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As the servers themselves bind: connections of a previous run in TIME_WAIT don't
+            # count, a listening socket does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((LOOPBACK, port))
             except OSError:
                 taken.append(f"  {port} ({what}): set {name} to another port")
     if taken:
+        stale = settings.state / "stack.pids"
+        if stale.exists():
+            groups = " ".join(f"-{line.split()[1]}" for line in stale.read_text().splitlines()[1:] if line)
+            taken.append(
+                f"  {stale} is left from a stack that did not stop (killed?); if its programs still run: "
+                f"kill -- {groups}"
+            )
         raise StackError("ports already in use (another stack, compose, `make run`?):\n" + "\n".join(taken))
     chosen = list(settings.ports.values())
     if len(set(chosen)) != len(chosen):

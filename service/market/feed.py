@@ -123,10 +123,6 @@ class MarketFeed:
         self.interval_seconds = interval_seconds
 
     @property
-    def mode(self) -> FeedMode:
-        return self._mode
-
-    @property
     def running(self) -> bool:
         """False once the feed has turned itself off (imported data) or was configured off."""
         return not self._stopped

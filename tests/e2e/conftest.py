@@ -448,7 +448,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _PHASES:
+    if not _PHASES and not _TIMINGS:
         return
     terminalreporter.section("e2e pipeline timings")
     for name, seconds in _PHASES.items():
@@ -456,5 +456,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(f"{seconds:8.1f}s  {name}")
     for name, seconds in _TIMINGS.items():
         terminalreporter.write_line(f"{seconds:8.1f}s  measured: {name}")
-    total = sum(seconds for name, seconds in _PHASES.items() if name.endswith(")"))
-    terminalreporter.write_line(f"{total:8.1f}s  total e2e (setup + calls + teardown of {_TEST_FILE})")
+    if _PHASES:
+        total = sum(seconds for name, seconds in _PHASES.items() if name.endswith(")"))
+        terminalreporter.write_line(f"{total:8.1f}s  total e2e (setup + calls + teardown of {_TEST_FILE})")

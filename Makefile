@@ -11,19 +11,24 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha2
 PORT   ?= 8000
 HOST   ?= 0.0.0.0
 
-.PHONY: install run test lint typecheck audit system-deps collector prometheus jaeger vegeta tools pytest bench dashboards clean
+.PHONY: install run stack test lint typecheck audit system-deps collector prometheus jaeger vegeta tools pytest bench dashboards clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# requirements.lock pins every transitive version that CI and `make run` use.
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev,load]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
 
 run: install
 	$(BIN)/stockpred serve --host $(HOST) --port $(PORT)
+
+# The whole pipeline without a container engine (scripts/stack.py): database, Redis, Jaeger,
+# collector, Prometheus, Alertmanager, the API with the market feed, Locust. Ctrl-C stops it all.
+stack: install system-deps tools
+	$(BIN)/python scripts/stack.py
 
 system-deps:
 	scripts/install-system-deps.sh
@@ -75,6 +80,8 @@ test: install system-deps tools lint typecheck audit pytest
 #   make bench BENCH_ARGS=--quick
 #   make bench BENCH_ARGS="--quick --only l1,bare"
 # Then the series budget of docs/telemetry.md (in-process, seconds).
+# No market feed: bars arriving on their own would invalidate the cached features being measured.
+bench: export MARKET_FEED = off
 bench: install system-deps collector jaeger vegeta
 	OTELCOL_BIN="$$(scripts/build-collector.sh | tail -n 1)" \
 	JAEGER_BIN="$$(scripts/build-jaeger.sh | tail -n 1)" \

@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     SEED: int = 42
     SEED_DAYS: int = Field(default=500, ge=80)
     BOOTSTRAP: bool = True  # migrate, seed an empty database, train when no champion exists
+    # The synthetic market feed (service/market/feed.py): the next deterministic bar of every symbol
+    # each period, so a demo resolves predictions and moves drift. `auto`: only while the database
+    # holds the synthetic market (off on imported data).
+    MARKET_FEED: Literal["auto", "on", "off"] = "auto"
+    MARKET_FEED_INTERVAL_SECONDS: float = Field(default=5.0, gt=0)
+    # Drift demonstration: this symbol's fed bars follow the shifted regime (unset: none).
+    MARKET_FEED_SHIFT_SYMBOL: str | None = None
     MAX_BATCH_BARS: int = Field(default=5000, gt=0)
     MAX_BATCH_SYMBOLS: int = Field(default=50, gt=0)
     MAX_BODY_BYTES: int = Field(default=2 * 1024 * 1024, gt=0)  # 5000 bars are about 0.75 MB
@@ -109,6 +116,20 @@ class Settings(BaseSettings):
         """An empty API_KEY means "no key", not "the empty string is the key"."""
         return value if value is not None and value.get_secret_value().strip() else None
 
+    @field_validator("MARKET_FEED_SHIFT_SYMBOL", mode="before")
+    @classmethod
+    def _shift_symbol(cls, value: object) -> object:
+        if isinstance(value, str):
+            return value.strip().upper() or None
+        return value
+
+    @model_validator(mode="after")
+    def _shift_symbol_is_configured(self) -> Settings:
+        if self.MARKET_FEED_SHIFT_SYMBOL and self.MARKET_FEED_SHIFT_SYMBOL not in self.SYMBOLS:
+            shift = self.MARKET_FEED_SHIFT_SYMBOL
+            raise ValueError(f"MARKET_FEED_SHIFT_SYMBOL={shift} is not one of SYMBOLS {self.SYMBOLS}")
+        return self
+
     @model_validator(mode="after")
     def _derive_defaults(self) -> Settings:
         data_dir = self.DATA_DIR.resolve()
@@ -124,6 +145,11 @@ class Settings(BaseSettings):
     def prediction_log_dir(self) -> Path:
         """The spools of every worker process (one directory each) and the quarantine."""
         return self.DATA_DIR.resolve() / "prediction-log"
+
+    @property
+    def market_feed_lock(self) -> Path:
+        """The lock that makes one process of this DATA_DIR the market feed (see feed.py)."""
+        return self.DATA_DIR.resolve() / "market-feed.lock"
 
     @property
     def model_cache_dir(self) -> Path:

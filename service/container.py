@@ -15,6 +15,7 @@ import redis
 
 from service.background import Leadership
 from service.config import Settings
+from service.market.feed import MarketFeed
 from service.market.ingestion import IngestResult, ingest
 from service.market.synthetic import synthetic_bars
 from service.market.validation import BarLimits
@@ -55,12 +56,15 @@ class Container:
     outcomes: OutcomeMonitor
     drift: DriftMonitor
     leadership: Leadership
+    feed: MarketFeed | None = None  # None when MARKET_FEED=off
     _started: list[Stoppable] = field(default_factory=list)
 
     def start_background(self) -> None:
         """Everything serving needs running: the prediction log first, then the periodic tasks."""
         self.prediction_log.start()
-        for task in (self.health, self.outcomes, self.drift):
+        for task in (self.health, self.outcomes, self.drift, self.feed):
+            if task is None:
+                continue
             task.start()
             self._started.append(task)
         self.models.start_polling()
@@ -130,6 +134,23 @@ def build_container(settings: Settings, telemetry: Telemetry | None = None) -> C
         telemetry=telemetry,
         on_served=[drift.observe],
     )
+    feed = (
+        None
+        if settings.MARKET_FEED == "off"
+        else MarketFeed(
+            database=database,
+            feature_store=feature_store,
+            predictions=predictions,
+            telemetry=telemetry,
+            symbols=settings.SYMBOLS,
+            seed=settings.SEED,
+            mode=settings.MARKET_FEED,
+            interval_seconds=settings.MARKET_FEED_INTERVAL_SECONDS,
+            lock_path=settings.market_feed_lock,
+            shift_symbol=settings.MARKET_FEED_SHIFT_SYMBOL,
+            shift_from=settings.SEED_DAYS,
+        )
+    )
     return Container(
         settings=settings,
         telemetry=telemetry,
@@ -159,6 +180,7 @@ def build_container(settings: Settings, telemetry: Telemetry | None = None) -> C
         ),
         drift=drift,
         leadership=leadership,
+        feed=feed,
     )
 
 

@@ -29,6 +29,8 @@ FAST_INTERVALS: dict[str, Any] = {
     "MONITOR_INTERVAL_SECONDS": 0.2,
     "MODEL_POLL_SECONDS": 0.5,
     "REDIS_RETRY_AFTER_SECONDS": 0.2,
+    # No synthetic bars arriving on their own: tests add the bars they mean to (feed tests run it).
+    "MARKET_FEED": "off",
 }
 
 

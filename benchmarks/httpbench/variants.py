@@ -154,7 +154,7 @@ CACHE_FORCING: dict[Cache, str] = {
 }
 
 TELEMETRY_FORCING: dict[TelemetryMode, str] = {
-    "on": "telemetry on: OTLP/HTTP to the run's collector (traces -> Jaeger); metrics over OTLP only (the default)",
+    "on": "telemetry on: OTLP/HTTP to the run's collector (traces -> Jaeger); metrics over OTLP only",
     "off": "telemetry off: OTEL_SDK_DISABLED=true (no-op providers, empty /metrics)",
     "none": "no telemetry",
 }

@@ -49,6 +49,20 @@ def test_make_run_serves_predictions_from_an_empty_start(tmp_path: Path) -> None
             assert health["components"]["model"]["status"] == "up"
             metrics = client.get("/metrics").text
             assert "predictions_total{" in metrics
+            # The market feed (on by default for the embedded defaults) brings the next bar within
+            # a period or two (5 s), which resolves the prediction made before it.
+            first = client.post("/predict", json={"symbol": "AAPL"}).json()
+
+            def next_bar_arrived() -> bool:
+                return bool(client.post("/predict", json={"symbol": "AAPL"}).json()["as_of"] > first["as_of"])
+
+            wait_until(next_bar_arrived, timeout=60, interval=1, what="the market feed's next bar")
+
+            def resolved() -> bool:
+                record = client.get(f"/predictions/{first['prediction_id']}").json()
+                return bool(record["status"] == "resolved")
+
+            wait_until(resolved, timeout=30, interval=0.5, what="the first prediction to be resolved")
         # Every line the server wrote (after make echoes the command) is one JSON object.
         output = process.log_path.read_text().splitlines()
         served = output[next(i for i, line in enumerate(output) if "stockpred serve" in line) + 1 :]

@@ -18,11 +18,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STOCKPRED = REPO_ROOT / ".venv" / "bin" / "stockpred"
 SERVICE_START_TIMEOUT = 120.0
 
-# Background checks every half second, so health follows an outage at once in tests.
+# Background checks every half second, so health follows an outage at once in tests. No market
+# feed: the tests decide which bars arrive.
 FAST_SERVICE_ENV = {
     "LOG_JSON": "false",
     "HEALTH_CHECK_INTERVAL_SECONDS": "0.5",
     "MONITOR_INTERVAL_SECONDS": "1",
+    "MARKET_FEED": "off",
 }
 
 

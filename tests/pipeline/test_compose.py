@@ -242,6 +242,21 @@ def test_mlflow_server_is_the_release_of_the_client(services: dict[str, dict[str
     assert tag == f"v{match.group(1)}-full"
 
 
+def test_locust_image_is_the_release_of_the_load_extra(services: dict[str, dict[str, Any]]) -> None:
+    """compose's load generator runs the Locust that `make stack` installs (requirements.lock)."""
+    lock = (REPO / "requirements.lock").read_text()
+    match = re.search(r"^locust==(\S+)$", lock, re.MULTILINE)
+    assert match, "requirements.lock pins no locust"
+    locust = services["locust"]
+    assert split_image(locust["image"]) == ("locustio/locust", match.group(1))
+    args = command_args(locust)
+    assert "--host=http://api:8000" in args
+    assert_reaches(services, "http://api:8000", "locust --host")
+    locustfiles = [arg.split("=", 1)[1] for arg in args if arg.startswith("--locustfile=")]
+    mounted = {target: source for kind, source, target, _ in mounts(locust) if kind == "bind"}
+    assert [mounted.get(path) for path in locustfiles] == ["./deploy/locustfile.py"]
+
+
 def test_api_image_is_built_here_and_tagged_with_the_project_version(
     services: dict[str, dict[str, Any]],
 ) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import math
 import re
 import shutil
@@ -40,10 +39,18 @@ import pytest
 import yaml
 
 from tests.harness import Server, built_binary, free_port, start_prometheus, wait_until
+from tests.harness.dashboards import (
+    DASHBOARD_FILES,
+    DASHBOARDS,
+    all_targets,
+    grafana_intervals,
+    panels,
+    queried_panels,
+)
+from tests.harness.dashboards import substitute as substitute_values
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "grafana"
-DASHBOARD_FILES = sorted((GRAFANA / "dashboards").glob("*.json"))
 DATASOURCES_FILE = GRAFANA / "provisioning" / "datasources" / "datasources.yaml"
 JAEGER_CONFIG = REPO / "deploy" / "jaeger.yaml"
 PROVIDERS_FILE = GRAFANA / "provisioning" / "dashboards" / "dashboards.yaml"
@@ -79,34 +86,6 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 GRAFANA_TEMPLATE_FUNCTIONS = {"label_values", "label_names", "metrics", "query_result"}
 
 # --- loading ------------------------------------------------------------------------------------
-
-
-def load_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
-
-
-DASHBOARDS = {path.stem: load_json(path) for path in DASHBOARD_FILES}
-
-
-def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every panel, including those nested in collapsed rows."""
-    for item in board.get("panels", []):
-        yield item
-        yield from item.get("panels", [])
-
-
-def queried_panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    return (p for p in panels(board) if p.get("type") != "row")
-
-
-def all_targets() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-    """(dashboard uid, panel, target) for every query of every panel."""
-    return [
-        (board["uid"], panel, target)
-        for board in DASHBOARDS.values()
-        for panel in queried_panels(board)
-        for target in panel.get("targets", [])
-    ]
 
 
 def datasources() -> list[dict[str, Any]]:
@@ -675,21 +654,10 @@ def substitute(expr: str, selection: dict[str, str]) -> str:
     $__range: the dashboard time range = the data window.
     """
     builtins = {
-        "__rate_interval": f"{4 * STEP}s",
-        "__interval": f"{STEP}s",
-        "__range": f"{WINDOW}s",
+        **grafana_intervals(scrape_seconds=STEP, step_seconds=STEP, range_seconds=WINDOW),
         "__tags": 'job="prediction-api"',  # Tempo's tracesToMetrics: service.name -> job
     }
-    values = {**builtins, **selection}
-
-    def replace(match: re.Match[str]) -> str:
-        name = match[1] or match[2]
-        assert name in values, f"no substitution for ${name} in {expr}"
-        return values[name]
-
-    result = re.sub(r"\$\{(\w+)\}|\$(\w+)", replace, expr)
-    assert "$" not in result
-    return result
+    return substitute_values(expr, {**builtins, **selection})
 
 
 def test_substitute() -> None:

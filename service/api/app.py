@@ -22,6 +22,7 @@ from service.api.routers import feature_store, market_data, models, operations, 
 from service.api.security import log_write_policy
 from service.config import Settings, get_settings
 from service.container import bootstrap, build_container
+from service.telemetry.logs import configure_logging
 from service.telemetry.providers import Telemetry, setup_telemetry
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,14 @@ and resolved against the realised next bar when it arrives (`POST /market-data`)
 
 
 def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> FastAPI:
-    """The app; tests pass their own settings and in-memory telemetry."""
-    settings = settings or get_settings()
+    """The app; tests pass their own settings and in-memory telemetry.
+
+    Without settings this is uvicorn building the app in a server process: with `--workers N`
+    each worker is a fresh process that never ran `stockpred serve`, so logging is set up here.
+    """
+    if settings is None:
+        settings = get_settings()
+        configure_logging(settings)
     owns_telemetry = telemetry is None
     telemetry = telemetry or setup_telemetry(settings)
 

@@ -52,11 +52,12 @@ def test_two_workers_feed_the_market_once(seeded_data_dir: Path, tmp_path: Path)
         # Each worker has its own L1 cache, which only the feeding worker's invalidation clears: with
         # the default 30 s TTL the other worker would keep answering from the previous bar.
         "FEATURE_L1_TTL_SECONDS": "0.001",
+        # Several workers refuse the per-process /metrics; no collector here, so no metric outlet.
+        "OTEL_METRICS_EXPORTER": "none",
     }
     service = start_service(tmp_path / "service", env, workers=2)
     try:
-        # (The workers' own log lines don't reach the server log: uvicorn's worker processes do
-        # not configure logging, so the lock is asked directly.)
+        # Which process holds the lock, asked of the kernel (not of the log).
         lock = data_dir / "market-feed.lock"
         wait_until(
             lambda: len(flock_holders(lock)) == 1, timeout=60, what="one process holding the feed lock"

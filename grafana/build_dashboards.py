@@ -333,6 +333,103 @@ def dashboard(uid: str, title: str, description: str, layout: Layout, link_uid: 
 # --- MLOps Overview ----------------------------------------------------------------------------
 
 
+def prediction_log(lay: Layout) -> None:
+    """The prediction log: durable spool in front of the database (README "Prediction log")."""
+    lay.row("Prediction log")
+    lay.add(
+        timeseries(
+            "Rows waiting for the database",
+            "Predictions answered and durable in each instance's local spool, not yet in the predictions "
+            "table. Near zero while the database takes rows; grows during a database outage. The spool's "
+            "fill level (right) reaches 100 % before /predict answers 503 (PredictionLogFilling at 80 %).",
+            [
+                target("A", "sum by (instance) (prediction_log_spool_rows)", "{{instance}} rows"),
+                target(
+                    "B",
+                    "max by (instance) (prediction_log_spool_size_bytes"
+                    " / prediction_log_spool_capacity_bytes)",
+                    "{{instance}} spool full",
+                ),
+            ],
+            overrides=[
+                by_regexp(
+                    ".* spool full$",
+                    {"unit": "percentunit", "custom.axisPlacement": "right", "min": 0, "max": 1},
+                )
+            ],
+        ),
+        6,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Oldest row waiting",
+            "Age of the oldest row not yet in the database, per instance. PredictionLogNotDraining fires "
+            "above 5 minutes: accuracy and outcome resolution lag by this much.",
+            [target("A", "max by (instance) (prediction_log_oldest_row_age_seconds)", "{{instance}}")],
+            unit="s",
+            steps=[(None, "green"), (60, "orange"), (300, "red")],
+            threshold_style="line",
+        ),
+        6,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Rows written and failed",
+            "Rows per second the writer inserted into the predictions table, and rows of failed writes by "
+            "reason (unavailable: retried; rejected: set aside in quarantine).",
+            [
+                target("A", "sum(rate(prediction_log_rows_written_total[$__rate_interval]))", "written"),
+                target(
+                    "B",
+                    "sum by (reason) (rate(prediction_log_rows_failed_total[$__rate_interval]))",
+                    "failed {{reason}}",
+                ),
+            ],
+            unit="rps",
+            overrides=[by_regexp("failed .*", {"color": {"mode": "fixed", "fixedColor": "red"}})],
+        ),
+        6,
+        8,
+    )
+    lay.add(
+        timeseries(
+            "Group commit",
+            "The writer's transaction time (p95; exemplars open the prediction_log.write trace with its SQL) "
+            "and rows per transaction, and fsyncs per request of the spool: one fdatasync is shared by every "
+            "request that arrived while the last ran.",
+            [
+                target(
+                    "A",
+                    quantile(0.95, "prediction_log_write_duration_seconds", ""),
+                    "write p95",
+                    exemplar=True,
+                ),
+                target(
+                    "B",
+                    "sum(rate(prediction_log_batch_size_sum[$__rate_interval])) / "
+                    "sum(rate(prediction_log_batch_size_count[$__rate_interval]))",
+                    "rows per transaction",
+                ),
+                target(
+                    "C",
+                    "sum(rate(prediction_log_spool_syncs_total[$__rate_interval])) / "
+                    "sum(rate(prediction_log_spool_records_total[$__rate_interval]))",
+                    "fsyncs per request",
+                ),
+            ],
+            unit="s",
+            overrides=[
+                by_name("rows per transaction", {"unit": "short", "custom.axisPlacement": "right"}),
+                by_name("fsyncs per request", {"unit": "short", "custom.axisPlacement": "right"}),
+            ],
+        ),
+        6,
+        8,
+    )
+
+
 def overview() -> Json:
     lay = Layout()
     lay.row("Traffic and latency")
@@ -520,6 +617,8 @@ def overview() -> Json:
         8,
         8,
     )
+
+    prediction_log(lay)
 
     lay.row("Health and alerts")
     lay.add(

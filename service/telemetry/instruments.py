@@ -25,6 +25,10 @@ BATCH_SIZE_BUCKETS: Sequence[float] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # One multi-row insert and commit: about a millisecond on SQLite, more on a busy PostgreSQL.
 WRITE_BUCKETS: Sequence[float] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
+# Why rows of a database write failed: retried later, set aside in quarantine, feedback whose row
+# never arrived (service/storage/prediction_log/writer.py).
+PREDICTION_LOG_FAILURE_REASONS = ("unavailable", "rejected", "orphaned_feedback")
+
 # The prediction log's state as observable gauges: Prometheus name -> (instrument, unit, meaning).
 PREDICTION_LOG_GAUGES: dict[str, tuple[str, str, str]] = {
     "queued_rows": (
@@ -150,6 +154,8 @@ class ServiceMetrics:
             unit="{row}",
             description="Rows of database writes that failed, by reason (unavailable rows are retried).",
         )
+        for reason in PREDICTION_LOG_FAILURE_REASONS:  # every series exists from the start, at 0
+            self.prediction_log_rows_failed.add(0, {"reason": reason})
         self.prediction_log_batch_size = meter.create_histogram(
             "prediction_log.batch.size",
             unit="{row}",

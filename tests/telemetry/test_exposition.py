@@ -30,8 +30,6 @@ SCOPE_LABELS = frozenset({"otel_scope_name", "otel_scope_version", "otel_scope_s
 # the exporter may add more (url_scheme, network_protocol_version).
 SEMCONV_ROWS = frozenset({"http_server_request_duration_seconds"})
 PROMTOOL_TIMEOUT_SECONDS = 30
-# Rows only a failure produces (tests/unit/test_prediction_log.py provokes and checks it).
-FAILURE_ONLY = frozenset({"prediction_log_rows_failed_total"})
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ def exposition(make_client: ClientFactory, data_dir: Path, redis_server: Server)
         "/market-data", json=next_bar_batch("AAPL", after=served["as_of"], seed=settings.SEED)
     )
     assert ingest.status_code == 200, ingest.text
-    expected = {row.family for row in contract_rows() if row.name not in FAILURE_ONLY}
+    expected = {row.family for row in contract_rows()}
     page: dict[str, str] = {}
 
     def complete() -> bool:
@@ -109,8 +107,6 @@ def _families(text: str) -> dict[str, Metric]:
 def test_every_documented_metric_is_exposed_with_its_type_and_labels(exposition: str) -> None:
     families = _families(exposition)
     for row in contract_rows():
-        if row.name in FAILURE_ONLY:
-            continue
         family = families[row.family]
         assert family.type == row.kind, f"{row.name}: {family.type}"
         assert family.samples, row.name

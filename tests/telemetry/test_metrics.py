@@ -84,12 +84,13 @@ CONTRACT: dict[str, Expected] = {
     "prediction_log.spool.capacity": _expect("By", Gauge),
     "prediction_log.oldest_row.age": _expect("s", Gauge),
     "prediction_log.rows.written": _expect("{row}", Sum),
+    "prediction_log.rows.failed": _expect("{row}", Sum, "reason"),
     "prediction_log.batch.size": _expect("{row}", Histogram),
     "prediction_log.write.duration": _expect("s", Histogram),
     "prediction_log.spool.syncs": _expect("{sync}", Sum),
     "prediction_log.spool.records": _expect("{record}", Sum),
 }
-# prediction_log.rows.failed is only produced by failures: tests/unit/test_prediction_log.py.
+
 
 # FastAPI's own server metric: the contract names three of its labels; semconv adds more.
 HTTP_DURATION = "http.server.request.duration"

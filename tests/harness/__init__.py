@@ -6,7 +6,11 @@ Read in this order:
   Jaeger), and `built_binary` for the programs scripts/ builds from source.
 - `webhook.py`  an HTTP sink that records what Alertmanager sends.
 - `service.py`  the prediction service itself as a process (`stockpred serve`), restartable.
-- `load.py`     a steady, bounded prediction load whose every outcome is recorded.
+- `load.py`     a steady, bounded load (predictions, or a mixed plan) whose every outcome is recorded,
+  and latency percentiles per phase.
+- `latency_proxy.py` a TCP proxy that makes a real server slow or hung on demand (fault tests).
+- `observe.py`  what fault tests read: a process's RSS, the service's metrics, the predictions table.
+- `market.py`   the synthetic market's next bars, for `POST /market-data`.
 - `fixtures.py` the pytest plugin: shared servers as fixtures, and server logs shown on failure.
 """
 

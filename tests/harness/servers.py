@@ -161,13 +161,14 @@ def postgres_url(port: int, database: str = PG_DATABASE) -> str:
     return f"postgresql+psycopg://{PG_USER}:{PG_PASSWORD}@{LOOPBACK}:{port}/{database}"
 
 
-def start_postgres(workdir: Path) -> Server:
+def start_postgres(workdir: Path, *, settings: Mapping[str, str] | None = None) -> Server:
     """Start a throwaway PostgreSQL with role and database `stockpred` (password `stockpred`).
 
     PostgreSQL refuses to run as root, so under root initdb and the server run as the `postgres`
     system user (Debian's package creates it). Its files live in a fresh temp dir owned by that
     user, outside `workdir`, because pytest's temp dirs are private to root. The log stays in
-    `workdir`.
+    `workdir`. `settings` (`-c name=value`) override the speed settings below, e.g.
+    `synchronous_commit=on` for a test that crashes the server and counts committed rows.
     """
     # Resolved, so that initdb comes from the server's own (versioned) bin dir, not a PATH symlink.
     postgres = str(Path(require_binary("postgres", "/usr/lib/postgresql/*/bin/postgres")).resolve())
@@ -190,6 +191,8 @@ def start_postgres(workdir: Path) -> Server:
     argv += ["-c", f"listen_addresses={LOOPBACK}"]
     # Durability off: a test database is thrown away, and fsync dominates its run time.
     argv += ["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off"]
+    for name, value in (settings or {}).items():
+        argv += ["-c", f"{name}={value}"]  # the last -c of a name wins
     process = ManagedProcess(
         "postgres",
         argv,
@@ -226,6 +229,36 @@ def restart_postgres(server: Server) -> None:
             return conn.execute("SELECT 1").fetchone() == (1,)
 
     server.process.wait_ready(connects, timeout=POSTGRES_START_TIMEOUT, what="a connection")
+
+
+def crash_postgres(server: Server, *, timeout: float = 30.0) -> None:
+    """SIGKILL the postmaster alone, as the OOM killer would: no shutdown checkpoint is written, so
+    the next start runs crash recovery. Its backends notice their parent is gone and exit; any
+    still there after `timeout` are killed too, so `restart_postgres` finds no shared memory in use.
+    """
+    process = server.process
+    process.signal(signal.SIGKILL)
+    process.wait(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while _group_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.stop()  # kills leftovers of the group, closes the log
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group `pgid` (zombies excluded)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
 
 
 def _initdb(initdb: str, data_dir: Path, *, run_as: str | None, log_path: Path) -> None:

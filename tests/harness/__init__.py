@@ -2,8 +2,8 @@
 
 Read in this order:
 - `process.py`  free ports, polling with a deadline, finding binaries, child processes with logs.
-- `servers.py`  one `start_*` per program (Redis, PostgreSQL, Prometheus, Alertmanager, collector,
-  Jaeger), and `built_binary` for the programs scripts/ builds from source.
+- `servers.py`  one `start_*` per program (Redis, PostgreSQL, MLflow, Prometheus, Alertmanager,
+  collector, Jaeger), and `built_binary` for the programs scripts/ builds from source.
 - `webhook.py`  an HTTP sink that records what Alertmanager sends.
 - `service.py`  the prediction service itself as a process (`stockpred serve`), restartable.
 - `load.py`     a steady, bounded load (predictions, or a mixed plan) whose every outcome is recorded,
@@ -38,9 +38,11 @@ from tests.harness.servers import (
     start_alertmanager,
     start_collector,
     start_jaeger,
+    start_mlflow,
     start_postgres,
     start_prometheus,
     start_redis,
+    wait_mlflow,
 )
 from tests.harness.webhook import WebhookSink
 
@@ -66,8 +68,10 @@ __all__ = [
     "start_alertmanager",
     "start_collector",
     "start_jaeger",
+    "start_mlflow",
     "start_postgres",
     "start_prometheus",
     "start_redis",
+    "wait_mlflow",
     "wait_until",
 ]

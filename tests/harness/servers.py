@@ -52,6 +52,7 @@ PROMETHEUS_START_TIMEOUT = 60.0
 ALERTMANAGER_START_TIMEOUT = 30.0
 COLLECTOR_START_TIMEOUT = 60.0
 JAEGER_START_TIMEOUT = 60.0
+MLFLOW_START_TIMEOUT = 90.0
 
 
 @dataclass(eq=False)
@@ -305,6 +306,41 @@ def drop_database(server: Server, name: str) -> None:
     """Drop a database even if a client still holds connections to it (FORCE, PostgreSQL 13+)."""
     with psycopg.connect(_postgres_conninfo(server.port), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+# --- MLflow tracking server ---------------------------------------------------------------------
+
+
+def start_mlflow(workdir: Path, backend_store: Path, *, port: int | None = None, wait: bool = True) -> Server:
+    """`mlflow server` from the venv on a SQLite store (e.g. a copy of a seeded `mlflow.db`).
+
+    Artifacts stay where the store's runs say they are (local paths), so models registered by the
+    seeded fixture download without copying. Job execution (GenAI scorers: a huey consumer per
+    core) is off: the registry needs none of it, and it makes start-up four times slower here.
+    `wait=False` returns at once, for a restart whose outage the test measures; `wait_mlflow`
+    then waits for it.
+    """
+    binary = REPO_ROOT / ".venv" / "bin" / "mlflow"
+    assert binary.exists(), f"{binary} missing: create the venv (make install)"
+    port = port or free_port()
+    argv = [str(binary), "server", "--backend-store-uri", f"sqlite:///{backend_store}"]
+    argv += ["--default-artifact-root", (workdir / "artifacts").as_uri(), "--no-serve-artifacts"]
+    argv += ["--host", LOOPBACK, "--port", str(port), "--workers", "1"]
+    process = ManagedProcess(
+        "mlflow",
+        argv,
+        log_path=workdir / f"mlflow-{port}.log",
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        cwd=workdir,
+    )
+    server = Server("mlflow", port, f"http://{LOOPBACK}:{port}", process, workdir)
+    return wait_mlflow(server) if wait else server
+
+
+def wait_mlflow(server: Server) -> Server:
+    return _ready_or_stopped(
+        server, lambda: _http_ok(f"{server.url}/health"), timeout=MLFLOW_START_TIMEOUT, what="/health"
+    )
 
 
 # --- binaries we build from source ---------------------------------------------------------------

@@ -228,3 +228,15 @@ class Latency:
 
     def __str__(self) -> str:
         return f"n={self.count} p50={self.p50_ms}ms p99={self.p99_ms}ms max={self.max_ms}ms"
+
+
+def assert_within_noise(name: str, during: Latency, before: Latency, *, ceiling_ms: float) -> None:
+    """A fault stayed off the request path: the median within 2x + 10 ms of the baseline's, and no
+    answer as slow as the fault would make one that waited for it (`ceiling_ms`).
+
+    The p99 is printed, not compared: on two shared cores a few answers of any phase take a few
+    hundred milliseconds for reasons of their own, while a request that waits on the fault takes
+    its full delay or timeout.
+    """
+    assert during.p50_ms <= 2 * before.p50_ms + 10, f"{name}: median {during} vs {before}"
+    assert during.max_ms < ceiling_ms, f"{name}: an answer waited {during.max_ms} ms ({during})"

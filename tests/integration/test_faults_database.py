@@ -32,7 +32,15 @@ from tests.harness import (
     wait_until,
 )
 from tests.harness.latency_proxy import LatencyProxy
-from tests.harness.load import Latency, Request, SteadyLoad, between, ok_ids, server_errors
+from tests.harness.load import (
+    Latency,
+    Request,
+    SteadyLoad,
+    assert_within_noise,
+    between,
+    ok_ids,
+    server_errors,
+)
 from tests.harness.observe import metric, prediction_rows, report
 from tests.harness.service import ServiceProcess, start_service
 
@@ -221,12 +229,9 @@ def test_a_slow_or_hung_database_never_stalls_cached_predictions_and_loses_no_ro
     assert not server_errors(outcomes), server_errors(outcomes)[:3]
     assert all(o.status == 200 for o in outcomes), [o for o in outcomes if o.status != 200][:3]
     latency = {name: Latency.of(between(outcomes, *span)) for name, span in phases.items()}
-    before = latency["before"]
     for name in ("slow_200ms", "hung"):
-        during = latency[name]
-        # Within noise: the p50 within 2x + 10 ms, the p99 within 2x + 50 ms of the baseline's.
-        assert during.p50_ms <= 2 * before.p50_ms + 10, (name, during, before)
-        assert during.p99_ms <= 2 * before.p99_ms + 50, (name, during, before)
+        # A request that needed the database would take several 0.4 s round trips, or forever.
+        assert_within_noise(name, latency[name], latency["before"], ceiling_ms=1000)
     lost, doubled = stack.rows_lost(ok_ids(outcomes))
     assert (lost, doubled) == (0, 0), f"{lost} answered rows missing, {doubled} doubled"
     report(

@@ -127,6 +127,7 @@ class FeatureStore:
         self._generations: dict[str, int] = {}
         # Symbols whose Redis entries must be deleted before Redis may be read again.
         self._pending_invalidations: set[str] = set()
+        self._invalidations_missed = False  # some of them failed once (worth a log line when replayed)
         self._pending_lock = threading.Lock()
         self._redis_skip_until = 0.0
         self._redis_last_error: str | None = None
@@ -237,7 +238,12 @@ class FeatureStore:
             if self._redis is not None:
                 with self._pending_lock:
                     self._pending_invalidations.update(symbols)
-                self._redis_call(lambda _client: None)  # deletes them now if Redis answers
+                if self._redis_call(lambda _client: True) is None:  # deletes them now if Redis answers
+                    with self._pending_lock:
+                        self._invalidations_missed = True
+                    log.warning(
+                        "redis unreachable: invalidation kept until it answers", extra={"symbols": symbols}
+                    )
 
     # --- L1 --------------------------------------------------------------------------------------
 
@@ -318,10 +324,12 @@ class FeatureStore:
             if time.monotonic() < self._redis_skip_until:
                 return False  # one timeout per breaker window, not one per waiting thread
             client.delete(*[self.redis_key(symbol) for symbol in sorted(self._pending_invalidations)])
-            log.info(
-                "replayed feature invalidations to redis",
-                extra={"symbols": sorted(self._pending_invalidations)},
-            )
+            if self._invalidations_missed:
+                log.info(
+                    "replayed feature invalidations redis had missed",
+                    extra={"symbols": sorted(self._pending_invalidations)},
+                )
+                self._invalidations_missed = False
             self._pending_invalidations.clear()
             return True
 

@@ -124,7 +124,8 @@ def stack(
     database_url = create_database(postgres_server, database)
     (workdir / "jaeger").mkdir()
     ports = CollectorPorts.pick()
-    with start_jaeger(workdir / "jaeger") as jaeger:
+    jaeger = start_jaeger(workdir / "jaeger")
+    with jaeger:
         collector = start_collector(
             workdir, COLLECTOR_CONFIGS, _collector_env(ports, jaeger), health_port=ports.health
         )

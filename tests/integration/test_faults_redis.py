@@ -76,7 +76,9 @@ class RedisStack:
     def stored_last_bar(self, symbol: str) -> datetime | None:
         """The newest bar of the entry Redis holds for the symbol (past the proxy); None if none."""
         value = self.direct().hget(FeatureStore.redis_key(symbol), "last_bar")
-        return None if value is None else datetime.fromisoformat(bytes(value).decode())
+        if value is None:
+            return None
+        return datetime.fromisoformat(value.decode() if isinstance(value, bytes) else value)
 
     def restart_redis(self) -> None:
         """A new, empty Redis on the same port: the service's REDIS_URL (the proxy) is unchanged."""
@@ -329,7 +331,7 @@ def test_a_bar_ingested_while_redis_is_unreachable_is_served_at_once_and_never_t
 
 # Phases of the slow-Redis test: (name, proxy set-up, seconds). 25 ms each way is a slow Redis
 # that still answers within REDIS_TIMEOUT_SECONDS; 1 s each way and a hang exceed it.
-SLOW_PHASE_SECONDS = 5.0
+SLOW_PHASE_SECONDS = 4.0
 
 
 def test_a_slow_or_hung_redis_costs_at_most_one_redis_timeout_per_request_never_the_request_deadline(
@@ -367,9 +369,10 @@ def test_a_slow_or_hung_redis_costs_at_most_one_redis_timeout_per_request_never_
     assert all(o.status == 200 for o in outcomes), [o for o in outcomes if o.status != 200][:3]
     latency = {name: Latency.of(between(outcomes, *span)) for name, span in phases.items()}
     fault = [o for name in ("slow_1s", "hung") for o in between(outcomes, *phases[name])]
-    # One Redis timeout, plus the usual worst case of this loaded machine (the baseline's max),
-    # plus slack: no request waits for Redis beyond its timeout.
-    bound = REDIS_TIMEOUT_SECONDS + latency["before"].max_ms / 1000 + 0.5
+    # One Redis timeout, plus the worst case of this loaded machine without a fault (the baseline's
+    # max), plus a second of slack for its hiccups: far below the client's 10 s deadline, and
+    # below what a single retried call would cost (redis-py's default retries: about 4 s).
+    bound = REDIS_TIMEOUT_SECONDS + latency["before"].max_ms / 1000 + 1.0
     slowest = max(o.seconds for o in fault)
     assert slowest < bound, f"a request waited {slowest:.2f}s on a hung Redis (bound {bound:.2f}s)"
     paid = [o for o in fault if o.seconds >= REDIS_TIMEOUT_SECONDS]

@@ -67,7 +67,8 @@ class RegistryStack:
         wait_until(lambda: self.mlflow_status() == "up", timeout=30, what="the service to see the registry")
 
     def components(self) -> dict[str, Any]:
-        components: dict[str, Any] = self.service.health()["components"]
+        components = self.service.health()["components"]
+        assert isinstance(components, dict)
         return components
 
     def mlflow_status(self) -> str:
@@ -189,7 +190,7 @@ def _promote_a_new_version(registry_url: str) -> str:
     # MLflow 3 registers a logged model (source `models:/<model id>`); the answer leaves model_id out.
     model_id = champion.model_id or str(champion.source).removeprefix("models:/")
     created = client.create_model_version(
-        MODEL_NAME, source=champion.source, run_id=champion.run_id, model_id=model_id
+        MODEL_NAME, source=str(champion.source), run_id=champion.run_id, model_id=model_id
     )
     wait_until(
         lambda: client.get_model_version(MODEL_NAME, created.version).status == "READY",

@@ -76,8 +76,9 @@ def stack(
     data_dir = tmp_path / "data"
     shutil.copytree(seeded_data_dir, data_dir)
     try:
+        jaeger = start_jaeger(tmp_path / "jaeger")
         with (
-            start_jaeger(tmp_path / "jaeger") as jaeger,
+            jaeger,
             start_collector(
                 tmp_path, COLLECTOR_CONFIGS, _collector_env(ports, jaeger), health_port=ports.health
             ),

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.harness import (
     CollectorPorts,
@@ -53,6 +54,7 @@ BAR_EVERY_SECONDS = 20.0
 # is what a three-minute line can tell from the allocator's own steps on a loaded machine.
 RSS_SLOPE_BOUND_MIB_PER_MIN = 1.0
 DRAIN_TIMEOUT = 60.0
+SOAK_REDIS_DB = 13  # of the session's Redis, flushed afterwards
 
 
 @dataclass
@@ -75,6 +77,7 @@ def stack(
     ports = CollectorPorts.pick()
     data_dir = tmp_path / "data"
     shutil.copytree(seeded_data_dir, data_dir)
+    redis_url = redis_server.url.replace("/0", f"/{SOAK_REDIS_DB}")
     try:
         jaeger = start_jaeger(tmp_path / "jaeger")
         with (
@@ -88,7 +91,7 @@ def stack(
                 {
                     "DATA_DIR": str(data_dir),
                     "DATABASE_URL": database_url,
-                    "REDIS_URL": redis_server.url.replace("/0", "/13"),
+                    "REDIS_URL": redis_url,
                     "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports.otlp_http}",
                     "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
                 },
@@ -99,6 +102,10 @@ def stack(
                 service.stop()
     finally:
         drop_database(postgres_server, database)
+        # The soak's new bars live on in Redis entries (TTL 300 s): none may serve another test.
+        client = redis.Redis.from_url(redis_url)
+        client.flushdb()
+        client.close()
 
 
 def soak_plan(load: SteadyLoad, rate: float) -> Callable[[int], Request]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from service.background import Leadership
 from service.config import Settings
@@ -185,7 +187,13 @@ def build_container(settings: Settings, telemetry: Telemetry | None = None) -> C
 
 
 def make_redis(settings: Settings) -> redis.Redis | None:
-    """A client with short timeouts: a slow Redis must not hold requests hostage."""
+    """A client with short timeouts and no retries: a slow Redis must not hold requests hostage.
+
+    redis-py's `Redis()` retries a timeout 10 times with backoff by default (about 4 s for a
+    0.25 s timeout); `from_url` happens not to, and the explicit `Retry(..., 0)` keeps it so. The
+    feature store's breaker is the retry policy. (tests/integration/test_faults_redis.py measures
+    requests against a hung Redis.)
+    """
     if not settings.REDIS_URL:
         return None
     return redis.Redis.from_url(
@@ -193,6 +201,7 @@ def make_redis(settings: Settings) -> redis.Redis | None:
         socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
         socket_connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
         health_check_interval=30,
+        retry=Retry(NoBackoff(), 0),
     )
 
 

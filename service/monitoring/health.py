@@ -1,5 +1,10 @@
 """Component health, checked in the background and read by `/health` and the status gauges.
 
+Every probe has a deadline (`PROBE_TIMEOUT_SECONDS`): a dependency that hangs (a stopped server
+whose kernel still accepts connections, a black-holed network) would otherwise hold the check
+forever, and `/health` and the status gauges would go on repeating their last answer ("up") for as
+long as it hangs.
+
 Overall status: `down` when the service cannot predict (no model, or the prediction log's spool
 is full), `degraded` when a dependency is down or the log is spooling but predictions are still
 served (database: rows wait in the spool, features come from L1 and Redis; Redis: L1 and
@@ -9,6 +14,7 @@ computation take over; MLflow: the loaded model keeps serving), `ok` otherwise.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +31,10 @@ from service.storage.prediction_log.log import PredictionLog
 from service.telemetry.providers import Telemetry
 
 log = logging.getLogger(__name__)
+
+# Well above a healthy probe (milliseconds) and above the registry's own fail-fast bound for a
+# refused connection (MLflow: one retry after ~1 s); below the 5 s check interval of production.
+PROBE_TIMEOUT_SECONDS = 3.0
 
 Status = Literal["ok", "degraded", "down"]
 STATUS_VALUE: dict[Status, int] = {"ok": 2, "degraded": 1, "down": 0}
@@ -60,6 +70,45 @@ def timed_check(name: str, probe: Callable[[], Any]) -> ComponentHealth:
     return ComponentHealth(up=True, latency_ms=_ms(started))
 
 
+class ProbeTimeoutError(TimeoutError):
+    """The probe did not return within its deadline (or an earlier one still has not)."""
+
+
+class BoundedProbe:
+    """Runs a probe in a daemon thread and waits for it at most `timeout` seconds.
+
+    A probe that hangs keeps its thread; until it returns, each check reports the component down
+    at once without starting another, so at most one thread per component is ever stuck (and,
+    being a daemon, it never holds up the process's exit).
+    """
+
+    def __init__(self, name: str, probe: Callable[[], Any], timeout: float = PROBE_TIMEOUT_SECONDS) -> None:
+        self._name = name
+        self._probe = probe
+        self._timeout = timeout
+        self._stuck: threading.Thread | None = None
+
+    def __call__(self) -> None:
+        if self._stuck is not None and self._stuck.is_alive():
+            raise ProbeTimeoutError(f"the previous {self._name} check has still not returned")
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self._probe()
+            except BaseException as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=run, name=f"health-probe-{self._name}", daemon=True)
+        thread.start()
+        thread.join(self._timeout)
+        if thread.is_alive():
+            self._stuck = thread
+            raise ProbeTimeoutError(f"no answer from {self._name} within {self._timeout:g} s")
+        if errors:
+            raise errors[0]
+
+
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
@@ -76,10 +125,10 @@ class HealthMonitor:
         telemetry: Telemetry,
         interval_seconds: float,
     ) -> None:
-        self._database = database
         self._prediction_log = prediction_log
-        self._redis = redis_client
-        self._registry = registry
+        self._database_probe = BoundedProbe("database", database.ping)
+        self._mlflow_probe = BoundedProbe("mlflow", registry.ping)
+        self._redis_probe = BoundedProbe("redis", redis_client.ping) if redis_client is not None else None
         self._models = models
         self._telemetry = telemetry
         self._task = PeriodicTask("health-monitor", interval_seconds, self.check_now)
@@ -91,10 +140,10 @@ class HealthMonitor:
 
     def check_now(self) -> HealthReport:
         components = {
-            "database": timed_check("database", self._database.ping),
+            "database": timed_check("database", self._database_probe),
             "prediction_log": self._prediction_log_health(),
             "redis": self._redis_health(),
-            "mlflow": timed_check("mlflow", self._registry.ping),
+            "mlflow": timed_check("mlflow", self._mlflow_probe),
             "model": self._model_health(),
         }
         report = HealthReport(status=overall(components), components=components)
@@ -103,10 +152,9 @@ class HealthMonitor:
         return report
 
     def _redis_health(self) -> ComponentHealth:
-        client = self._redis
-        if client is None:
+        if self._redis_probe is None:
             return ComponentHealth(up=False, detail="REDIS_URL not set: L1 cache only", configured=False)
-        return timed_check("redis", client.ping)
+        return timed_check("redis", self._redis_probe)
 
     def _prediction_log_health(self) -> ComponentHealth:
         status = self._prediction_log.status()

@@ -13,6 +13,13 @@ worker's in-flight computation can still write to Redis, where the TTL bounds it
 Redis is optional and allowed to fail: any Redis error opens a short circuit breaker
 (`retry_after` seconds) during which lookups skip Redis, so an outage costs one timeout per
 window instead of one per request. The next try after the window uses Redis again: no restart.
+
+An invalidation that cannot reach Redis (an error, or the breaker open) is not dropped: the
+symbols stay pending, and every Redis call first deletes the pending keys, so no call can read
+Redis until the entries from before the new bars are gone. Otherwise a Redis that was unreachable
+(not restarted empty) while bars arrived would serve its stale entries once it answers again, for
+up to their TTL. (Pending invalidations live in this process: another worker may read a stale
+entry until this one has replayed them, which it does on its next Redis call.)
 """
 
 from __future__ import annotations
@@ -118,6 +125,10 @@ class FeatureStore:
         # Held while invalidating and while writing back, never while computing.
         self._write_lock = threading.Lock()
         self._generations: dict[str, int] = {}
+        # Symbols whose Redis entries must be deleted before Redis may be read again.
+        self._pending_invalidations: set[str] = set()
+        self._invalidations_missed = False  # some of them failed once (worth a log line when replayed)
+        self._pending_lock = threading.Lock()
         self._redis_skip_until = 0.0
         self._redis_last_error: str | None = None
         self._counts_lock = threading.Lock()
@@ -224,7 +235,15 @@ class FeatureStore:
             for symbol in symbols:
                 self._generations[symbol] = self._generations.get(symbol, 0) + 1
             self.drop_local(symbols)
-            self._redis_call(lambda client: client.delete(*[self.redis_key(s) for s in symbols]))
+            if self._redis is not None:
+                with self._pending_lock:
+                    self._pending_invalidations.update(symbols)
+                if self._redis_call(lambda _client: True) is None:  # deletes them now if Redis answers
+                    with self._pending_lock:
+                        self._invalidations_missed = True
+                    log.warning(
+                        "redis unreachable: invalidation kept until it answers", extra={"symbols": symbols}
+                    )
 
     # --- L1 --------------------------------------------------------------------------------------
 
@@ -277,10 +296,15 @@ class FeatureStore:
         self._redis_call(write)
 
     def _redis_call(self, operation: Any) -> Any:
-        """Run a Redis operation unless the breaker is open; errors open it and return None."""
+        """Run a Redis operation unless the breaker is open; errors open it and return None.
+
+        Pending invalidations go first: an operation runs only once they are done.
+        """
         if self._redis is None or time.monotonic() < self._redis_skip_until:
             return None
         try:
+            if not self._replay_invalidations(self._redis):
+                return None
             result = operation(self._redis)
         except redis.RedisError as error:
             self._redis_skip_until = time.monotonic() + self._retry_after
@@ -290,6 +314,24 @@ class FeatureStore:
             return None
         self._redis_last_error = None
         return result
+
+    def _replay_invalidations(self, client: redis.Redis) -> bool:
+        """Delete the entries of invalidations that could not reach Redis first; raises if it still
+        can't. False when another thread's failure opened the breaker while this one waited."""
+        with self._pending_lock:
+            if not self._pending_invalidations:
+                return True
+            if time.monotonic() < self._redis_skip_until:
+                return False  # one timeout per breaker window, not one per waiting thread
+            client.delete(*[self.redis_key(symbol) for symbol in sorted(self._pending_invalidations)])
+            if self._invalidations_missed:
+                log.info(
+                    "replayed feature invalidations redis had missed",
+                    extra={"symbols": sorted(self._pending_invalidations)},
+                )
+                self._invalidations_missed = False
+            self._pending_invalidations.clear()
+            return True
 
     # --- introspection ---------------------------------------------------------------------------
 

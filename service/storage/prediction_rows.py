@@ -52,52 +52,57 @@ def resolve_by_feedback(session: Session, *, prediction_id: str, actual: str, no
 def resolve_due_predictions(session: Session, *, symbols: Sequence[str], now: datetime) -> int:
     """Resolve pending predictions whose next bar has arrived: right if it moved as predicted.
 
-    A prediction made with bars up to `as_of` is about the first bar after `as_of`.
+    A prediction made with bars up to `as_of` is about the first bar after `as_of`. Every pending
+    prediction of a symbol made on the same bar gets the same outcome, so there is one UPDATE per
+    (symbol, as_of), not one per row: under load thousands of predictions share a bar, and a row
+    at a time made one ingest take seconds (2.2 s for ~800 rows in the soak).
     """
     resolved = 0
     for symbol in symbols:
-        pending = session.scalars(
-            select(Prediction)
+        as_ofs = session.scalars(
+            select(Prediction.as_of)
             .where(Prediction.symbol == symbol, Prediction.status == PENDING)
+            .distinct()
             .order_by(Prediction.as_of)
         ).all()
-        if not pending:
+        if not as_ofs:
             continue
         bars = session.execute(
             select(MarketBar.id, MarketBar.ts, MarketBar.close)
-            .where(MarketBar.symbol == symbol, MarketBar.ts >= min(p.as_of for p in pending))
+            .where(MarketBar.symbol == symbol, MarketBar.ts >= as_ofs[0])
             .order_by(MarketBar.ts)
         ).all()
-        resolved += _resolve_against_bars(session, pending, bars, now)
+        resolved += _resolve_against_bars(session, symbol, as_ofs, bars, now)
     return resolved
 
 
 def _resolve_against_bars(
-    session: Session, pending: Sequence[Prediction], bars: Sequence[Any], now: datetime
+    session: Session, symbol: str, as_ofs: Sequence[datetime], bars: Sequence[Any], now: datetime
 ) -> int:
     index_of = {row.ts: i for i, row in enumerate(bars)}
     resolved = 0
-    for prediction in pending:
-        i = index_of.get(prediction.as_of)
+    for as_of in as_ofs:
+        i = index_of.get(as_of)
         if i is None or i + 1 >= len(bars):
             continue
         base, nxt = bars[i], bars[i + 1]
         if not (is_sound(close=base.close) and is_sound(close=nxt.close)):
             continue  # an unusable stored bar decides nothing; re-posting it corrected resolves
         actual = "up" if nxt.close > base.close else "down"
-        session.execute(
+        result = session.execute(
             update(Prediction)
-            .where(Prediction.id == prediction.id, Prediction.status == PENDING)
+            .where(Prediction.symbol == symbol, Prediction.as_of == as_of, Prediction.status == PENDING)
             .values(
                 status=RESOLVED,
                 actual_direction=actual,
-                correct=actual == prediction.direction,
+                correct=Prediction.direction == actual,
                 resolved_at=now,
                 resolution_source="bars",
                 resolving_bar_id=nxt.id,
             )
+            .execution_options(synchronize_session=False)
         )
-        resolved += 1
+        resolved += int(getattr(result, "rowcount", 0))
     return resolved
 
 

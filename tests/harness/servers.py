@@ -52,6 +52,7 @@ PROMETHEUS_START_TIMEOUT = 60.0
 ALERTMANAGER_START_TIMEOUT = 30.0
 COLLECTOR_START_TIMEOUT = 60.0
 JAEGER_START_TIMEOUT = 60.0
+MLFLOW_START_TIMEOUT = 90.0
 
 
 @dataclass(eq=False)
@@ -161,13 +162,14 @@ def postgres_url(port: int, database: str = PG_DATABASE) -> str:
     return f"postgresql+psycopg://{PG_USER}:{PG_PASSWORD}@{LOOPBACK}:{port}/{database}"
 
 
-def start_postgres(workdir: Path) -> Server:
+def start_postgres(workdir: Path, *, settings: Mapping[str, str] | None = None) -> Server:
     """Start a throwaway PostgreSQL with role and database `stockpred` (password `stockpred`).
 
     PostgreSQL refuses to run as root, so under root initdb and the server run as the `postgres`
     system user (Debian's package creates it). Its files live in a fresh temp dir owned by that
     user, outside `workdir`, because pytest's temp dirs are private to root. The log stays in
-    `workdir`.
+    `workdir`. `settings` (`-c name=value`) override the speed settings below, e.g.
+    `synchronous_commit=on` for a test that crashes the server and counts committed rows.
     """
     # Resolved, so that initdb comes from the server's own (versioned) bin dir, not a PATH symlink.
     postgres = str(Path(require_binary("postgres", "/usr/lib/postgresql/*/bin/postgres")).resolve())
@@ -190,6 +192,8 @@ def start_postgres(workdir: Path) -> Server:
     argv += ["-c", f"listen_addresses={LOOPBACK}"]
     # Durability off: a test database is thrown away, and fsync dominates its run time.
     argv += ["-c", "fsync=off", "-c", "full_page_writes=off", "-c", "synchronous_commit=off"]
+    for name, value in (settings or {}).items():
+        argv += ["-c", f"{name}={value}"]  # the last -c of a name wins
     process = ManagedProcess(
         "postgres",
         argv,
@@ -226,6 +230,36 @@ def restart_postgres(server: Server) -> None:
             return conn.execute("SELECT 1").fetchone() == (1,)
 
     server.process.wait_ready(connects, timeout=POSTGRES_START_TIMEOUT, what="a connection")
+
+
+def crash_postgres(server: Server, *, timeout: float = 30.0) -> None:
+    """SIGKILL the postmaster alone, as the OOM killer would: no shutdown checkpoint is written, so
+    the next start runs crash recovery. Its backends notice their parent is gone and exit; any
+    still there after `timeout` are killed too, so `restart_postgres` finds no shared memory in use.
+    """
+    process = server.process
+    process.signal(signal.SIGKILL)
+    process.wait(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while _group_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.stop()  # kills leftovers of the group, closes the log
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group `pgid` (zombies excluded)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
 
 
 def _initdb(initdb: str, data_dir: Path, *, run_as: str | None, log_path: Path) -> None:
@@ -272,6 +306,41 @@ def drop_database(server: Server, name: str) -> None:
     """Drop a database even if a client still holds connections to it (FORCE, PostgreSQL 13+)."""
     with psycopg.connect(_postgres_conninfo(server.port), autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+# --- MLflow tracking server ---------------------------------------------------------------------
+
+
+def start_mlflow(workdir: Path, backend_store: Path, *, port: int | None = None, wait: bool = True) -> Server:
+    """`mlflow server` from the venv on a SQLite store (e.g. a copy of a seeded `mlflow.db`).
+
+    Artifacts stay where the store's runs say they are (local paths), so models registered by the
+    seeded fixture download without copying. Job execution (GenAI scorers: a huey consumer per
+    core) is off: the registry needs none of it, and it makes start-up four times slower here.
+    `wait=False` returns at once, for a restart whose outage the test measures; `wait_mlflow`
+    then waits for it.
+    """
+    binary = REPO_ROOT / ".venv" / "bin" / "mlflow"
+    assert binary.exists(), f"{binary} missing: create the venv (make install)"
+    port = port or free_port()
+    argv = [str(binary), "server", "--backend-store-uri", f"sqlite:///{backend_store}"]
+    argv += ["--default-artifact-root", (workdir / "artifacts").as_uri(), "--no-serve-artifacts"]
+    argv += ["--host", LOOPBACK, "--port", str(port), "--workers", "1"]
+    process = ManagedProcess(
+        "mlflow",
+        argv,
+        log_path=workdir / f"mlflow-{port}.log",
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        cwd=workdir,
+    )
+    server = Server("mlflow", port, f"http://{LOOPBACK}:{port}", process, workdir)
+    return wait_mlflow(server) if wait else server
+
+
+def wait_mlflow(server: Server) -> Server:
+    return _ready_or_stopped(
+        server, lambda: _http_ok(f"{server.url}/health"), timeout=MLFLOW_START_TIMEOUT, what="/health"
+    )
 
 
 # --- binaries we build from source ---------------------------------------------------------------

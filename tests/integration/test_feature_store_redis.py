@@ -23,6 +23,7 @@ from service.storage.migrations import upgrade_to_head
 from service.telemetry.providers import noop_telemetry
 from tests.conftest import make_settings
 from tests.harness import Server, start_redis, wait_until
+from tests.harness.latency_proxy import LatencyProxy
 
 SYMBOLS = ("AAPL", "AMZN", "GOOGL", "MSFT", "NVDA")
 BARS_PER_SYMBOL = 80  # more than FEATURE_SET.lookback_bars, so the window is a true suffix
@@ -318,3 +319,30 @@ def test_redis_is_used_again_after_a_restart_without_rebuilding_the_store(
         assert store.get("MSFT").level == "computed"
         assert client.exists(FeatureStore.redis_key("MSFT")) == 1
         assert store.stats()["redis"]["reachable"] is True
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("missed_by", ["timeout", "open_breaker"])
+def test_an_invalidation_redis_missed_is_replayed_before_redis_is_read_again(
+    make_store: StoreFactory, shared_redis: redis.Redis, redis_server: Server, tmp_path: Path, missed_by: str
+) -> None:
+    """New bars while Redis cannot be reached (it hangs, or the breaker is open): its entry from
+    before them survives there, and must be deleted before any lookup reads Redis again."""
+    key = FeatureStore.redis_key("AAPL")
+    with LatencyProxy(redis_server.port) as proxy:
+        client = client_for(f"redis://{proxy.address}/0", tmp_path)
+        store = make_store(client, redis_retry_after_seconds=0.3)
+        assert store.get("AAPL").level == "computed"
+        assert shared_redis.exists(key) == 1
+        proxy.blackhole()
+        if missed_by == "open_breaker":
+            assert store.ttl_left("AAPL")["redis"] is None  # times out: the breaker opens
+            proxy.pass_through()  # Redis answers again, but the breaker skips it for 0.3 s
+        store.invalidate(["AAPL"])
+        assert shared_redis.exists(key) == 1, "the fault is real: the stale entry is still in Redis"
+        proxy.reset_connections()  # a DELETE held by the proxy dies with its connection, never lands
+        proxy.pass_through()
+        wait_until(lambda: store.stats()["redis"]["reachable"], timeout=10, what="the breaker to close")
+        assert shared_redis.exists(key) == 0, "the missed invalidation was replayed"
+        assert store.get("AAPL").level == "computed"
+        client.close()

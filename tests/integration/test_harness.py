@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,7 @@ from tests.harness import (
     start_redis,
     wait_until,
 )
+from tests.harness.latency_proxy import LatencyProxy
 
 pytestmark = pytest.mark.integration
 
@@ -142,6 +144,33 @@ def test_redis_restarted_on_same_port_serves_the_old_client(tmp_path: Path) -> N
     finally:
         client.close()
         first.stop()
+
+
+def test_latency_proxy_delays_holds_while_black_holed_and_resets_when_the_upstream_is_gone(
+    tmp_path: Path,
+) -> None:
+    server = start_redis(tmp_path)
+    with server, LatencyProxy(server.port) as proxy:
+        # from_url: no retries, so each call below costs exactly what the proxy does to it.
+        client = redis.Redis.from_url(f"redis://{proxy.address}/0", socket_timeout=0.5)
+        assert client.ping()
+        proxy.set_delay(0.1)
+        started = time.monotonic()
+        assert client.ping()
+        assert 0.2 <= time.monotonic() - started < 0.45, "0.1 s each way: a round trip costs 0.2 s"
+        proxy.blackhole()
+        with pytest.raises(redis.TimeoutError):
+            client.ping()
+        proxy.pass_through()
+        assert client.ping(), "the client reconnects once bytes flow again"
+        payload = b"x" * 5_000_000  # beyond the proxy's held-bytes bound: back-pressure, in order
+        client.set("proxied", payload)
+        assert client.get("proxied") == payload
+        server.process.kill()
+        with pytest.raises(redis.ConnectionError):
+            client.ping()
+        assert proxy.stats.refused_upstream >= 1
+        client.close()
 
 
 # --- PostgreSQL --------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import event, inspect, select
 
 from service.storage.database import Database
 from service.storage.market_bars import BarIn, UpsertResult, count_bars, last_bar, recent_bars, upsert_bars
@@ -232,6 +232,31 @@ def test_resolution_only_touches_the_requested_symbols(database: Database) -> No
     assert resolve(database, symbols=("AAPL",)) == 0
     assert resolve(database, symbols=("MSFT",)) == 1
     assert fetch(database, prediction_id).correct is True
+
+
+def test_predictions_made_on_the_same_bar_are_resolved_by_one_update(database: Database) -> None:
+    """Hundreds of predictions share a bar under load; each gets its own outcome, in one statement."""
+    store(database, make_bar(0, 100.0), make_bar(1, 101.0), make_bar(2, 99.0))
+    ups = [add(database, as_of=DAY0, direction="up") for _ in range(60)]
+    downs = [add(database, as_of=DAY0, direction="down") for _ in range(40)]
+    later = [add(database, as_of=DAY0 + timedelta(days=1), direction="up") for _ in range(30)]
+    updates: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE"):
+            updates.append(statement)
+
+    event.listen(database.engine, "before_cursor_execute", count)
+    try:
+        assert resolve(database) == 130
+    finally:
+        event.remove(database.engine, "before_cursor_execute", count)
+    assert len(updates) == 2, "one UPDATE per (symbol, bar), not one per prediction"
+    assert {fetch(database, i).correct for i in ups} == {True}  # 100 -> 101: up
+    assert {fetch(database, i).correct for i in downs} == {False}
+    assert {(fetch(database, i).actual_direction, fetch(database, i).correct) for i in later} == {
+        ("down", False)
+    }
 
 
 # --- accuracy and pending counts -----------------------------------------------------------------

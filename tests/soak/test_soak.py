@@ -95,6 +95,8 @@ def stack(
                     "REDIS_URL": redis_url,
                     "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports.otlp_http}",
                     "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+                    # OTLP to the collector as in production, and /metrics for the test to read.
+                    "OTEL_METRICS_EXPORTER": "otlp,prometheus",
                 },
             )
             try:
@@ -172,6 +174,7 @@ def test_soak_four_minutes_of_steady_mixed_load_answers_everything_with_flat_mem
 
     failed = [o for o in outcomes if o.status != 200]
     assert not failed, f"{len(failed)} requests failed: {failed[:3]}"
+    assert metric(stack.service.url, "prediction_log_spool_rows") is not None, "no spool gauge on /metrics"
     wait_until(
         lambda: metric(stack.service.url, "prediction_log_spool_rows") == 0,
         timeout=DRAIN_TIMEOUT,

@@ -130,6 +130,27 @@ def test_durable_listener_runs_before_the_waiter_is_told(directory: SpoolDirecto
     appender.close()
 
 
+def test_a_group_is_accounted_before_the_reader_can_see_it(directory: SpoolDirectory) -> None:
+    """Seen by the reader first, a record could be consumed before it is accounted (its index
+    entry would then outlive it for good): the listener runs while the reader still sees nothing."""
+    visible_when_accounted: list[int] = []
+    visible_when_readable: list[int] = []
+
+    def visible() -> int:
+        return len(reader.read(10).records)
+
+    appender = SpoolAppender(
+        directory,
+        on_durable=lambda _done: visible_when_accounted.append(visible()),
+        on_readable=lambda: visible_when_readable.append(visible()),
+    )
+    reader = SpoolReader()
+    reader.add_own(directory, appender)
+    appender.append(b"x").result(timeout=10)
+    appender.close()
+    assert (visible_when_accounted, visible_when_readable) == ([0], [1])
+
+
 def test_a_closed_appender_refuses_records(directory: SpoolDirectory) -> None:
     appender = SpoolAppender(directory)
     append_all(appender, payloads(2))

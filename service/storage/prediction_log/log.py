@@ -151,7 +151,9 @@ class PredictionLog:
         """Open this process's spool, adopt what dead processes left, start draining."""
         self._directory = SpoolDirectory.create(self.root)
         kwargs = {} if self._segment_bytes is None else {"segment_bytes": self._segment_bytes}
-        self._appender = SpoolAppender(self._directory, on_durable=self._stored, **kwargs)
+        self._appender = SpoolAppender(
+            self._directory, on_durable=self._stored, on_readable=self._readable, **kwargs
+        )
         self._reader.add_own(self._directory, self._appender)
         self.adopt_orphans()
         if writer:
@@ -222,7 +224,9 @@ class PredictionLog:
                 self._ledger.reserved -= tag.size
 
     def _stored(self, appended: Sequence[tuple[object, Appended]]) -> None:
-        """Flusher thread, after an fsync and before any waiter is told: account and index."""
+        """Flusher thread, after an fsync and before the writer or any waiter sees the records:
+        account and index (accounted later, a record the writer had already committed would
+        leave its index entry behind for good)."""
         with self._lock:
             ledger = self._ledger
             for tag, where in appended:
@@ -233,6 +237,9 @@ class PredictionLog:
                 self._oldest_at = time.time()
         self._metrics.prediction_log_syncs.add(1)
         self._metrics.prediction_log_records.add(len(appended))
+
+    def _readable(self) -> None:
+        """Flusher thread, once the synced group is visible to the reader: wake the writer."""
         if self._writer is not None:
             self._writer.wake()
 

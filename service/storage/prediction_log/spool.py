@@ -243,8 +243,10 @@ class SpoolAppender:
     `append` queues a framed record and returns a future; a single flusher thread takes every
     record queued meanwhile, writes them with one write() and one fdatasync(), then completes
     their futures. Under load many requests share one sync; alone, a request waits for one.
-    `on_durable` is called (in the flusher thread) after each group and before any future of it
-    completes, with each record's `tag` (the caller's, opaque here) and where it was stored.
+    `on_durable` is called (in the flusher thread) after each group's sync, before the reader may
+    see the group and before any future of it completes, with each record's `tag` (the caller's,
+    opaque here) and where it was stored: a record is accounted before it can be consumed.
+    `on_readable` is called once the group is visible to the reader (to wake whoever drains it).
     """
 
     def __init__(
@@ -253,10 +255,12 @@ class SpoolAppender:
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         on_durable: Callable[[Sequence[tuple[object, Appended]]], None] | None = None,
+        on_readable: Callable[[], None] | None = None,
     ) -> None:
         self._directory = directory
         self._segment_bytes = segment_bytes
         self._on_durable = on_durable
+        self._on_readable = on_readable
         self._queue: list[_Pending] = []
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
@@ -346,9 +350,7 @@ class SpoolAppender:
             end = offset + len(pending.data)
             appended.append(Appended(self.segment_id(self._seq), offset, end))
             offset = end
-        with self._lock:
-            self._size = offset
-            self._durable[self._seq] = offset
+        self._size = offset
         self.stats.appends += len(group)
         self.stats.syncs += 1
         self.stats.bytes += len(data)
@@ -359,6 +361,13 @@ class SpoolAppender:
                     [(pending.tag, where) for pending, where in zip(group, appended, strict=True)]
                 )
             except Exception:  # the flusher must outlive any listener bug
+                log.exception("spool listener failed")
+        with self._lock:  # only now may the reader see the group (it was accounted above)
+            self._durable[self._seq] = offset
+        if self._on_readable is not None:
+            try:
+                self._on_readable()
+            except Exception:
                 log.exception("spool listener failed")
         for pending, where in zip(group, appended, strict=True):
             pending.future.set_result(where)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from opentelemetry import trace
 from sqlalchemy import func, select, update
@@ -105,23 +105,34 @@ class LogWriter:
         while True:
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 return
-            self._adopt_if_due()
-            batch = self._log.read_batch()
-            if not batch.records:
-                if batch.finished:
-                    self._log.skip_finished(batch)
-                    continue
-                if self._stopping():
-                    return
+            try:
+                outcome = self._step()
+            except Exception as error:  # a dead writer would stop the log silently: never die
+                log.exception("prediction log writer: unexpected error; retrying")
+                self._log.write_failed(type(error).__name__)
+                outcome = "failed"
+            if outcome == "done":
+                return
+            if outcome == "idle":
                 self._wait(ADOPT_INTERVAL_SECONDS)
-                continue
-            if self._write(batch):
+            elif outcome == "written":
                 retry = RETRY_MIN_SECONDS
             else:
                 if self._stopping() and self._deadline is not None:
                     retry = min(retry, max(0.0, self._deadline - time.monotonic()))
                 self._wait(retry)
                 retry = min(retry * 2, RETRY_MAX_SECONDS)
+
+    def _step(self) -> Literal["written", "failed", "idle", "done"]:
+        """Adopt if due, then write the next batch: what happened, for the loop's pacing."""
+        self._adopt_if_due()
+        batch = self._log.read_batch()
+        if batch.records:
+            return "written" if self._write(batch) else "failed"
+        if batch.finished:
+            self._log.skip_finished(batch)
+            return "written"
+        return "done" if self._stopping() else "idle"
 
     def _wait(self, seconds: float) -> None:
         with self._wakeup:

@@ -27,6 +27,7 @@ from service.model.training import build_dataset, train
 from service.monitoring.drift_monitor import DriftMonitor
 from service.monitoring.health import HealthMonitor
 from service.monitoring.outcomes import OutcomeMonitor
+from service.serving.feature_epochs import FeatureEpochs
 from service.serving.feature_store import FeatureStore
 from service.serving.predictions import PredictionService
 from service.storage.database import Database, PoolLimits
@@ -80,6 +81,7 @@ class Container:
         self.leadership.release()
         if self.redis_client is not None:
             self.redis_client.close()
+        self.feature_store.close()
         self.database.dispose()
 
 
@@ -105,6 +107,8 @@ def build_container(settings: Settings, telemetry: Telemetry | None = None) -> C
         l1_ttl_seconds=settings.FEATURE_L1_TTL_SECONDS,
         redis_ttl_seconds=settings.FEATURE_REDIS_TTL_SECONDS,
         redis_retry_after_seconds=settings.REDIS_RETRY_AFTER_SECONDS,
+        # Shared by every process of the DATA_DIR: another worker's ingest retires this one's L1.
+        epochs=FeatureEpochs(settings.DATA_DIR.resolve() / "feature-epochs"),
     )
     registry = ModelRegistry(settings)
     models = ModelManager(registry=registry, telemetry=telemetry, poll_seconds=settings.MODEL_POLL_SECONDS)

@@ -4,11 +4,15 @@ A lookup tries L1 (a TTL cache in this process), then Redis (one hash per symbol
 then computes from the newest bars and writes the result back to both levels. New bars for a
 symbol invalidate its entries on both levels.
 
-Invalidation bumps the symbol's generation. A lookup notes the generation before it reads
-(Redis) or computes (database) and writes its vector back only if the generation is unchanged,
-under the same lock as invalidation: a computation that started before an ingest can never put
-its stale vector back after the ingest invalidated the symbol. (Within one process; another
-worker's in-flight computation can still write to Redis, where the TTL bounds it.)
+Invalidation bumps the symbol's epoch (`feature_epochs`, shared by every process of the
+DATA_DIR). An L1 entry is used only while its symbol's epoch is the one noted when it was stored,
+so a bar ingested through another worker, or by `stockpred import`, retires this worker's entry
+at once instead of after the L1 TTL. A lookup notes the epoch before it reads (Redis) or computes
+(database) and writes its vector back only if the epoch is unchanged, under the same lock as
+invalidation: a computation that started before an ingest can never put its stale vector back
+after the ingest invalidated the symbol. (Across processes the check and the write are not one
+step: another worker's in-flight computation can still write to Redis in that instant, where the
+TTL bounds it; L1 is safe either way, its entry carries the old epoch.)
 
 Redis is optional and allowed to fail: any Redis error opens a short circuit breaker
 (`retry_after` seconds) during which lookups skip Redis, so an outage costs one timeout per
@@ -37,6 +41,7 @@ import redis
 from cachetools import TTLCache
 
 from service.model.features import FEATURE_SET, latest_vector
+from service.serving.feature_epochs import FeatureEpochs
 from service.storage.database import Database
 from service.storage.market_bars import recent_bars
 from service.telemetry.providers import Telemetry
@@ -110,21 +115,24 @@ class FeatureStore:
         redis_ttl_seconds: int,
         redis_retry_after_seconds: float = 1.0,
         l1_max_entries: int = 4096,
+        epochs: FeatureEpochs | None = None,
     ) -> None:
+        """`epochs` None keeps invalidation within this process (tests, one-off tools)."""
         self._database = database
         self._redis = redis_client
         self._telemetry = telemetry
         self._redis_ttl = redis_ttl_seconds
         self._retry_after = redis_retry_after_seconds
-        # Values carry their insertion time (on the cache's own clock) so TTL left can be reported.
-        self._l1: TTLCache[str, tuple[FeatureVector, float]] = TTLCache(
+        # Values carry their insertion time (on the cache's own clock) so TTL left can be reported,
+        # and the symbol's epoch when they were read or computed.
+        self._l1: TTLCache[str, tuple[FeatureVector, float, int]] = TTLCache(
             maxsize=l1_max_entries, ttl=l1_ttl_seconds
         )
         self._l1_lock = threading.Lock()
         self._compute_locks: dict[str, threading.Lock] = {}
         # Held while invalidating and while writing back, never while computing.
         self._write_lock = threading.Lock()
-        self._generations: dict[str, int] = {}
+        self._epochs = epochs if epochs is not None else FeatureEpochs()
         # Symbols whose Redis entries must be deleted before Redis may be read again.
         self._pending_invalidations: set[str] = set()
         self._invalidations_missed = False  # some of them failed once (worth a log line when replayed)
@@ -165,10 +173,10 @@ class FeatureStore:
         if vector is not None:
             self._hit("l1")
             return Lookup(vector, "l1")
-        generation = self._generation(symbol)
+        epoch = self._epochs.current(symbol)
         vector = self._redis_get(symbol)
         if vector is not None:
-            self._write_back(vector, generation, redis_too=False)
+            self._write_back(vector, epoch, redis_too=False)
             self._hit("redis")
             return Lookup(vector, "redis")
         with self._compute_lock(symbol):
@@ -176,26 +184,22 @@ class FeatureStore:
             if vector is not None:
                 self._hit("l1")
                 return Lookup(vector, "l1")
-            generation = self._generation(symbol)
+            epoch = self._epochs.current(symbol)
             vector = self.compute(symbol)
         self._count("misses")
         self._telemetry.metrics.feature_store_misses.add(1)
-        self._write_back(vector, generation, redis_too=True)
+        self._write_back(vector, epoch, redis_too=True)
         return Lookup(vector, "computed")
 
-    def _generation(self, symbol: str) -> int:
-        with self._write_lock:
-            return self._generations.get(symbol, 0)
-
-    def _write_back(self, vector: FeatureVector, generation: int, *, redis_too: bool) -> None:
+    def _write_back(self, vector: FeatureVector, epoch: int, *, redis_too: bool) -> None:
         """Cache the vector unless the symbol was invalidated since it was read or computed."""
         with self._write_lock:
-            if self._generations.get(vector.symbol, 0) != generation:
+            if self._epochs.current(vector.symbol) != epoch:
                 log.info(
                     "discarding a vector computed before an invalidation", extra={"symbol": vector.symbol}
                 )
                 return
-            self._l1_put(vector)
+            self._l1_put(vector, epoch)
             if redis_too:
                 self._redis_put(vector)
 
@@ -221,6 +225,9 @@ class FeatureStore:
                 bar_count=len(bars),
             )
 
+    def close(self) -> None:
+        self._epochs.close()
+
     def drop_local(self, symbols: list[str]) -> None:
         """Forget the symbols in this process only (L1); Redis keeps them."""
         with self._l1_lock:
@@ -232,8 +239,7 @@ class FeatureStore:
         if not symbols:
             return
         with self._write_lock:
-            for symbol in symbols:
-                self._generations[symbol] = self._generations.get(symbol, 0) + 1
+            self._epochs.bump(symbols)
             self.drop_local(symbols)
             if self._redis is not None:
                 with self._pending_lock:
@@ -248,13 +254,19 @@ class FeatureStore:
     # --- L1 --------------------------------------------------------------------------------------
 
     def _l1_get(self, symbol: str) -> FeatureVector | None:
+        """The L1 entry, unless it expired or the symbol was invalidated since (by any process)."""
         with self._l1_lock:
             entry = self._l1.get(symbol)
-        return None if entry is None else entry[0]
+            if entry is None:
+                return None
+            if entry[2] != self._epochs.current(symbol):
+                del self._l1[symbol]
+                return None
+        return entry[0]
 
-    def _l1_put(self, vector: FeatureVector) -> None:
+    def _l1_put(self, vector: FeatureVector, epoch: int) -> None:
         with self._l1_lock:
-            self._l1[vector.symbol] = (vector, self._l1.timer())
+            self._l1[vector.symbol] = (vector, self._l1.timer(), epoch)
 
     def _hit(self, level: Literal["l1", "redis"]) -> None:
         self._count(f"{level}_hits")

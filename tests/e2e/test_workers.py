@@ -2,7 +2,8 @@
 
 service (`stockpred serve --workers 2`) --OTLP--> collector --:8889--> Prometheus. After a known
 number of predictions, `sum(predictions_total)` in Prometheus equals it, the series come from two
-instances (service.instance.id), and the leader-only outcome monitoring runs in exactly one.
+instances (service.instance.id), and the leader-only outcome monitoring runs in exactly one. And a
+bar ingested through one worker retires the other worker's L1 entry at once (feature epochs).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from tests.harness import (
     start_prometheus,
     wait_until,
 )
+from tests.harness.market import bar_time, new_bar, post_bar
 from tests.harness.servers import start_jaeger
 from tests.harness.service import ServiceProcess, start_service
 
@@ -137,3 +140,31 @@ def test_two_workers_series_sum_to_the_predictions_made(stack: dict[str, Any]) -
     pending = f'model_pending_predictions{{job="{JOB}"}}'
     wait_until(lambda: bool(_query(prometheus, pending)), timeout=30, what="model_pending_predictions")
     assert len({r["metric"]["instance"] for r in _query(prometheus, pending)}) == 1
+
+
+def _predict_many(service: ServiceProcess, symbol: str, count: int) -> list[dict[str, Any]]:
+    """`count` predictions, a connection each, eight at a time: both workers answer some."""
+
+    def predict(_: int) -> dict[str, Any]:
+        response = httpx.post(f"{service.url}/predict", json={"symbol": symbol}, timeout=30)
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(predict, range(count)))
+
+
+def test_a_bar_ingested_through_one_worker_retires_the_l1_of_the_other(stack: dict[str, Any]) -> None:
+    """No Redis here: each worker's L1 is its only cache. Warmed in both, then a new bar reaches
+    one of them; every prediction after the ingest answered must use the new bar, whichever worker
+    serves it (without the shared epochs the other one served the old bar for its L1 TTL, 30 s)."""
+    service: ServiceProcess = stack["service"]
+    warm = _predict_many(service, "MSFT", 80)
+    assert sum(answer["served_from"] == "l1" for answer in warm) >= 60, "L1 warmed in the workers"
+    bar = new_bar("MSFT")
+    response = post_bar(service.url, bar)
+    assert response.status_code == 200, response.text
+    after = _predict_many(service, "MSFT", 80)
+    as_ofs = {datetime.fromisoformat(answer["as_of"]) for answer in after}
+    assert as_ofs == {bar_time(bar)}, f"predictions after the ingest used bars {sorted(as_ofs)}"

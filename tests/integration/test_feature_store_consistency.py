@@ -20,6 +20,7 @@ from service.cli import app as cli
 from service.config import get_settings
 from service.container import build_container, make_redis
 from service.market.synthetic import synthetic_bars, synthetic_bars_after
+from service.serving.feature_epochs import FeatureEpochs
 from service.serving.feature_store import FeatureStore, FeatureVector
 from service.storage.database import Database
 from service.storage.market_bars import last_bar, upsert_bars
@@ -185,3 +186,33 @@ def test_cli_import_csv_invalidates_redis(cli_env: Path, tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     assert client.exists(FeatureStore.redis_key("AAPL")) == 0
     client.close()
+
+
+def test_an_invalidation_in_one_store_retires_the_l1_of_another_sharing_the_epochs(
+    database: Database, tmp_path: Path
+) -> None:
+    """Two workers of one DATA_DIR, in one process here: separate L1s, one epochs file."""
+
+    def store() -> FeatureStore:
+        return FeatureStore(
+            database=database,
+            redis_client=None,
+            telemetry=noop_telemetry(),
+            l1_ttl_seconds=30,
+            redis_ttl_seconds=300,
+            epochs=FeatureEpochs(tmp_path / "feature-epochs"),
+        )
+
+    ingesting, serving = store(), store()
+    assert serving.get("AAPL").level == "computed"
+    assert serving.get("AAPL").level == "l1"
+    with database.session() as session:
+        before = last_bar(session, symbol="AAPL")
+        assert before is not None
+        newer = synthetic_bars_after("AAPL", after=before.ts, count=1)
+        upsert_bars(session, bars=newer)
+    ingesting.invalidate(["AAPL"])
+    fresh = serving.get("AAPL")
+    assert (fresh.level, fresh.vector.last_bar) == ("computed", newer[0].ts)
+    ingesting.close()
+    serving.close()

@@ -26,7 +26,8 @@ class PoolLimits:
 
 
 def make_engine(database_url: str, pool: PoolLimits | None = None) -> Engine:
-    """An engine tuned per backend: WAL and a busy timeout for SQLite, pre-ping for PostgreSQL."""
+    """An engine tuned per backend: WAL, durable commits and a busy timeout for SQLite; pre-ping
+    and a bounded connect for PostgreSQL."""
     pool = pool or PoolLimits()
     limits: dict[str, Any] = {
         "pool_size": pool.size,
@@ -39,13 +40,19 @@ def make_engine(database_url: str, pool: PoolLimits | None = None) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(database_url, pool_pre_ping=True, **limits)
+    # libpq waits for a TCP connect as long as the kernel does (minutes against a black-holed
+    # host); a bounded connect lets the writer and health report the outage and retry instead.
+    connect_args = {} if "connect_timeout=" in database_url else {"connect_args": {"connect_timeout": 5}}
+    return create_engine(database_url, pool_pre_ping=True, **connect_args, **limits)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    # FULL: a commit is on disk when it returns. The prediction log trims its spool once the
+    # writer's transaction commits, so a commit lost to a power cut (NORMAL's risk in WAL mode)
+    # would lose answered predictions; the writer commits once per batch, so this costs little.
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 

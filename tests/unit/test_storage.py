@@ -5,12 +5,15 @@ Each test gets an empty database brought to the head revision by the real Alembi
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from sqlalchemy import event, inspect, select
+from sqlalchemy.exc import OperationalError
 
 from service.storage.database import Database
 from service.storage.market_bars import BarIn, UpsertResult, count_bars, last_bar, recent_bars, upsert_bars
@@ -292,3 +295,40 @@ def test_pending_counts_per_symbol(database: Database) -> None:
     add(database, as_of=DAY0, symbol="NVDA", status=RESOLVED, correct=True, resolved_at=NOW)
     with database.session() as session:
         assert pending_counts(session) == {"AAPL": 2, "MSFT": 1}
+
+
+# --- engine settings that durability and outages depend on ----------------------------------
+
+
+def test_sqlite_commits_are_synchronous_full(tmp_path: Path) -> None:
+    """The prediction log trims its spool after the writer's commit: that commit must be on disk."""
+    db = Database(f"sqlite:///{tmp_path / 'durable.db'}")
+    with db.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    db.dispose()
+
+
+def test_a_postgresql_that_never_answers_fails_the_connect_instead_of_hanging() -> None:
+    """A listener that accepts TCP and never speaks (a hung server): the bounded connect ends it."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    db = Database(f"postgresql+psycopg://nobody:secret@127.0.0.1:{port}/nothing")
+    outcome: list[BaseException] = []
+
+    def connect() -> None:
+        try:
+            db.engine.connect().close()
+        except BaseException as error:
+            outcome.append(error)
+
+    attempt = threading.Thread(target=connect, daemon=True)
+    attempt.start()
+    attempt.join(timeout=60)
+    silent.close()
+    db.dispose()
+    assert not attempt.is_alive(), "the connect still hangs after 60 s"
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], OperationalError), outcome

@@ -25,6 +25,7 @@ import csv
 import io
 import json
 import math
+import re
 import subprocess
 from collections import Counter
 from collections.abc import Sequence
@@ -179,6 +180,9 @@ class FixedRateResult(BaseModel):
     lateness_p50_ms: float
     lateness_p99_ms: float
     lateness_max_ms: float
+    # What the failed requests' errors said (vegeta's error column, addresses and ports masked),
+    # so a failure can be told apart: a timeout, a refused or reset connection, a 5xx.
+    errors: dict[str, int] = {}
 
 
 def vegeta_targets(url: str, bodies: Sequence[str | bytes], content_type: str = "application/json") -> str:
@@ -245,6 +249,7 @@ def summarise_vegeta(csv_text: str, *, label: str, offered_rps: float) -> FixedR
     t0 = int(rows[0][0])
     latencies, corrected, lateness = [], [], []
     codes: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
     ok = 0
     for row in rows:
         sent, code, latency, error, seq = int(row[0]), row[1], int(row[2]), row[5], int(row[8])
@@ -254,6 +259,8 @@ def summarise_vegeta(csv_text: str, *, label: str, offered_rps: float) -> FixedR
         corrected.append((latency + late) / 1e6)
         codes[code] += 1
         ok += not error and 200 <= int(code) < 400
+        if error:
+            errors[_error_kind(error)] += 1
     span_ns = int(rows[-1][0]) - t0
     return FixedRateResult(
         label=label,
@@ -272,4 +279,11 @@ def summarise_vegeta(csv_text: str, *, label: str, offered_rps: float) -> FixedR
         lateness_p50_ms=percentile(lateness, 50),
         lateness_p99_ms=percentile(lateness, 99),
         lateness_max_ms=max(lateness),
+        errors=dict(errors.most_common(5)),
     )
+
+
+def _error_kind(error: str) -> str:
+    """vegeta's error text without addresses and ports (one key per kind of failure)."""
+    masked = re.sub(r"\d+\.\d+\.\d+\.\d+:\d+", "ADDR", error)
+    return masked[-120:]

@@ -590,7 +590,8 @@ def run_warnings(result: RunResult) -> list[str]:
 def _rate_warning(name: str, repetition: int, run: FixedRateResult) -> str:
     problems = []
     if run.success < 1:
-        problems.append(f"{1 - run.success:.2%} failed ({run.status_codes})")
+        detail = f"; errors {run.errors}" if run.errors else ""
+        problems.append(f"{1 - run.success:.2%} failed ({run.status_codes}{detail})")
     if run.lateness_p99_ms > LATE_WARNING_MS:
         problems.append(f"vegeta sent late (p99 {run.lateness_p99_ms:.1f} ms): the generator fell behind")
     return f"{name} rep {repetition} at {run.label}: " + "; ".join(problems) if problems else ""

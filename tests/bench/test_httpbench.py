@@ -119,6 +119,17 @@ def test_vegeta_summary_adds_lateness_to_latency_from_the_schedule() -> None:
     assert result.max_ms == 2.0  # vegeta's own view: from the actual send
     assert result.lateness_max_ms == pytest.approx(5.0)
     assert result.sched_max_ms == pytest.approx(6.1)  # request 3: 2 ms latency + 4.1 ms late
+    assert result.errors == {"500 Internal Server Error": 1}
+
+
+def test_vegeta_summary_counts_errors_by_kind_with_addresses_masked() -> None:
+    t0 = 1_000_000_000
+    reset = "Post http://127.0.0.1:{p}/predict: read tcp 127.0.0.1:{p}->127.0.0.1:8000: connection reset"
+    rows = [_csv_row(i, t0 + i * 10**6, 10**6, code=0, error=reset.format(p=40000 + i)) for i in range(3)]
+    result = summarise_vegeta("\n".join(rows) + "\n", label="50%", offered_rps=1000.0)
+    assert result.errors == {
+        "Post http://ADDR/predict: read tcp ADDR->ADDR: connection reset": 3,
+    }
 
 
 @pytest.fixture

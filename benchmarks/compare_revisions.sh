@@ -42,18 +42,23 @@ declare -A database_url
 redis_url=""
 if [[ "${backend}" == "postgresql" ]]; then
   "${python}" - "${work}" >"${work}/servers.env" <<'PY' &
-import sys, time
+import signal, sys, time
 from pathlib import Path
 sys.path.insert(0, ".")
 from tests.harness import create_database, start_postgres, start_redis
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so the servers are stopped below
 work = Path(sys.argv[1])
 (work / "pg").mkdir(); (work / "redis").mkdir()
 postgres, redis = start_postgres(work / "pg"), start_redis(work / "redis")
-print(f"before={create_database(postgres, 'before')}")
-print(f"after={create_database(postgres, 'after')}")
-print(f"redis={redis.url}", flush=True)
-while True:
-    time.sleep(3600)
+try:
+    print(f"before={create_database(postgres, 'before')}")
+    print(f"after={create_database(postgres, 'after')}")
+    print(f"redis={redis.url}", flush=True)
+    while True:
+        time.sleep(3600)
+finally:
+    redis.stop()
+    postgres.stop()
 PY
   pids+=("$!")
   for _ in $(seq 120); do [[ $(wc -l <"${work}/servers.env") -ge 3 ]] && break; sleep 0.5; done
@@ -69,13 +74,20 @@ start() {  # name port -> starts the server in the background, waits until it an
   if [[ "${backend}" == "postgresql" && "${name}" != "bare" ]]; then
     env+=(DATABASE_URL="${database_url[${name}]}" REDIS_URL="${redis_url}")
   fi
+  if curl -s -o /dev/null "http://127.0.0.1:${port}/"; then  # would measure someone else's server
+    echo "port ${port} is already taken; stop what listens there first" >&2; exit 1
+  fi
+  # Each server is its own background job (a redirect on the whole `case` would make $! a
+  # subshell around it, and killing that left the server running).
+  local log="${work}/${name}.log"
   case "${name}" in
-    bare)   (cd "${repo}" && exec env "${env[@]}" "${python}" -m benchmarks.bare_app --port "${port}") ;;
+    bare)   (cd "${repo}" && exec env "${env[@]}" "${python}" -m benchmarks.bare_app --port "${port}") \
+              >"${log}" 2>&1 & ;;
     before) (cd "${work}" && exec env "${env[@]}" PYTHONPATH="${work}/before" "${python}" -m service.cli \
-               serve --host 127.0.0.1 --port "${port}") ;;
+               serve --host 127.0.0.1 --port "${port}") >"${log}" 2>&1 & ;;
     after)  (cd "${work}" && exec env "${env[@]}" PYTHONPATH="${repo}" "${python}" -m service.cli \
-               serve --host 127.0.0.1 --port "${port}") ;;
-  esac >"${work}/${name}.log" 2>&1 &
+               serve --host 127.0.0.1 --port "${port}") >"${log}" 2>&1 & ;;
+  esac
   pids+=("$!")
   for _ in $(seq 240); do
     curl -sf -X POST "http://127.0.0.1:${port}/predict" -H 'content-type: application/json' \
